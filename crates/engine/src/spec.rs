@@ -1,0 +1,271 @@
+//! What a caller asks the engine for: the program, its inputs and its limits.
+//!
+//! These types are the one schema every interface (CLI, config file, and later
+//! the HTTP server and clients) fills in. They are plain data: building one
+//! never touches the system. [`Limits::validate`] checks them against the
+//! operator's maxima before anything runs.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Resource limits of one run. Every field has a secure default
+/// ([`Limits::default`]); units are in the field names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Wall-clock time of the whole run, in milliseconds. Default 10 s.
+    pub wall_time_ms: u64,
+    /// CPU time of all the sandbox's processes together, in milliseconds. Default 10 s.
+    pub cpu_time_ms: u64,
+    /// Memory of all processes together (cgroup), in bytes; swap is 0. Default 256 MiB.
+    pub memory_bytes: u64,
+    /// Processes and threads together. Default 64.
+    pub pids: u64,
+    /// Writable space shared by /sandbox, /tmp and /dev/shm, in bytes. Default 64 MiB.
+    pub disk_bytes: u64,
+    /// Bytes kept of stdout, and separately of stderr. Default 1 MiB.
+    pub output_bytes: u64,
+    /// RLIMIT_NOFILE: open file descriptors per process. Default 256.
+    pub open_files: u64,
+    /// RLIMIT_FSIZE: the largest file a process may write, in bytes. Default 64 MiB.
+    pub file_size_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            wall_time_ms: 10_000,
+            cpu_time_ms: 10_000,
+            memory_bytes: 256 << 20,
+            pids: 64,
+            disk_bytes: 64 << 20,
+            output_bytes: 1 << 20,
+            open_files: 256,
+            file_size_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A limit that a request exceeded, or that makes no sense.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LimitError {
+    #[error("--{flag} {value} is above this host's maximum of {max} (set in the config file's [max] table); ask for less or raise the maximum")]
+    AboveMaximum {
+        flag: &'static str,
+        value: String,
+        max: String,
+    },
+    #[error("--{flag} must be at least {min}, got {value}")]
+    BelowMinimum {
+        flag: &'static str,
+        value: String,
+        min: String,
+    },
+}
+
+/// One limit's name as the user writes it, with how to print its values.
+struct LimitField {
+    flag: &'static str,
+    get: fn(&Limits) -> u64,
+    min: u64,
+    print: fn(u64) -> String,
+}
+
+fn print_ms(ms: u64) -> String {
+    format!("{}s", ms as f64 / 1000.0)
+}
+
+fn print_count(n: u64) -> String {
+    n.to_string()
+}
+
+const LIMIT_FIELDS: &[LimitField] = &[
+    LimitField { flag: "wall-time", get: |l| l.wall_time_ms, min: 1, print: print_ms },
+    LimitField { flag: "cpu-time", get: |l| l.cpu_time_ms, min: 1, print: print_ms },
+    LimitField { flag: "memory", get: |l| l.memory_bytes, min: 4 << 20, print: crate::units::format_size },
+    LimitField { flag: "pids", get: |l| l.pids, min: 1, print: print_count },
+    LimitField { flag: "disk", get: |l| l.disk_bytes, min: 64 << 10, print: crate::units::format_size },
+    LimitField { flag: "output", get: |l| l.output_bytes, min: 0, print: crate::units::format_size },
+    LimitField { flag: "open-files", get: |l| l.open_files, min: 8, print: print_count },
+    LimitField { flag: "file-size", get: |l| l.file_size_bytes, min: 0, print: crate::units::format_size },
+];
+
+impl Limits {
+    /// The most an operator lets any request ask for, when the config file
+    /// says nothing: generous, but bounded.
+    pub fn default_maximum() -> Self {
+        Limits {
+            wall_time_ms: 600_000,
+            cpu_time_ms: 600_000,
+            memory_bytes: 8 << 30,
+            pids: 4096,
+            disk_bytes: 4 << 30,
+            output_bytes: 256 << 20,
+            open_files: 65_536,
+            file_size_bytes: 4 << 30,
+        }
+    }
+
+    /// Checks every limit against `max` and against its sane minimum. A limit
+    /// above the maximum is refused, never clamped.
+    pub fn validate(&self, max: &Limits) -> Result<(), LimitError> {
+        for field in LIMIT_FIELDS {
+            let value = (field.get)(self);
+            let maximum = (field.get)(max);
+            if value > maximum {
+                return Err(LimitError::AboveMaximum {
+                    flag: field.flag,
+                    value: (field.print)(value),
+                    max: (field.print)(maximum),
+                });
+            }
+            if value < field.min {
+                return Err(LimitError::BelowMinimum {
+                    flag: field.flag,
+                    value: (field.print)(value),
+                    min: (field.print)(field.min),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A file or directory copied from the host into the sandbox before the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InputFile {
+    /// Where to read it on the host.
+    pub host_path: PathBuf,
+    /// Where to put it, relative to /sandbox (no `..`, not absolute).
+    pub sandbox_path: PathBuf,
+}
+
+/// Content given directly (the language layer and the server hand source
+/// code this way), written into /sandbox before the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InlineFile {
+    /// Where to put it, relative to /sandbox (no `..`, not absolute).
+    pub sandbox_path: PathBuf,
+    /// The bytes to write.
+    pub content: Vec<u8>,
+    /// Whether the file is executable.
+    #[serde(default)]
+    pub executable: bool,
+}
+
+/// A read-only bind mount of a host path into the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadOnlyPath {
+    /// The host path (absolute).
+    pub host: PathBuf,
+    /// Where it appears in the sandbox (absolute); the host path when absent.
+    #[serde(default)]
+    pub sandbox: Option<PathBuf>,
+    /// Skip it silently when the host lacks it (used by the defaults, which
+    /// list paths that only some distributions have).
+    #[serde(default)]
+    pub optional: bool,
+}
+
+/// Which output files to copy out of /sandbox after the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputSpec {
+    /// Glob patterns relative to /sandbox (`*.txt`, `out/**`).
+    pub patterns: Vec<String>,
+    /// The host directory that receives them (created if missing).
+    pub host_dir: PathBuf,
+    /// At most this many files are copied.
+    pub max_files: u64,
+    /// At most this many bytes in all are copied.
+    pub max_total_bytes: u64,
+}
+
+/// Everything the engine needs for one run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    /// The program: an absolute path in the sandbox, or a name looked up on
+    /// the sandbox's PATH.
+    pub program: String,
+    /// Its arguments, without argv[0].
+    pub args: Vec<String>,
+    /// Extra environment variables, on top of the clean default set.
+    pub env: Vec<(String, String)>,
+    /// Bytes given to the program on its standard input (empty: nothing).
+    pub stdin: Vec<u8>,
+    /// Host files copied in.
+    pub files: Vec<InputFile>,
+    /// Inline files written in.
+    pub inline_files: Vec<InlineFile>,
+    /// Output files to collect.
+    pub outputs: Option<OutputSpec>,
+    /// Limits of this run.
+    pub limits: Limits,
+    /// Extra read-only host paths for this run (on top of the engine's).
+    pub extra_read_only: Vec<ReadOnlyPath>,
+    /// Working directory inside the sandbox (absolute). Default `/sandbox`.
+    pub workdir: String,
+    /// Run even if some limit or isolation layer cannot be enforced on this
+    /// host; the result then lists what was not enforced.
+    pub allow_degraded: bool,
+}
+
+impl SandboxSpec {
+    /// A spec that runs `program` with `args` under the default limits.
+    pub fn new(program: impl Into<String>, args: Vec<String>) -> Self {
+        SandboxSpec {
+            program: program.into(),
+            args,
+            env: Vec::new(),
+            stdin: Vec::new(),
+            files: Vec::new(),
+            inline_files: Vec::new(),
+            outputs: None,
+            limits: Limits::default(),
+            extra_read_only: Vec::new(),
+            workdir: "/sandbox".to_string(),
+            allow_degraded: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_within_the_default_maximum() {
+        assert_eq!(Limits::default().validate(&Limits::default_maximum()), Ok(()));
+    }
+
+    #[test]
+    fn a_limit_above_the_maximum_is_refused_not_clamped() {
+        let limits = Limits {
+            memory_bytes: 16 << 30,
+            ..Limits::default()
+        };
+        let err = limits
+            .validate(&Limits::default_maximum())
+            .expect_err("16G must be refused");
+        assert_eq!(
+            err,
+            LimitError::AboveMaximum {
+                flag: "memory",
+                value: "16G".into(),
+                max: "8G".into()
+            }
+        );
+        assert!(err.to_string().contains("--memory 16G"));
+    }
+
+    #[test]
+    fn a_limit_below_its_minimum_is_refused() {
+        let limits = Limits {
+            pids: 0,
+            ..Limits::default()
+        };
+        assert!(matches!(
+            limits.validate(&Limits::default_maximum()),
+            Err(LimitError::BelowMinimum { flag: "pids", .. })
+        ));
+    }
+}
