@@ -1,0 +1,395 @@
+//! The sandbox's init: the code that runs in the cloned child, from clone
+//! to the program's execve, and then as pid 1 of the sandbox.
+//!
+//! The supervisor may be a multithreaded process, so everything here is
+//! async-signal-safe: no heap allocation, no locks, no panics, only raw
+//! syscalls on data the supervisor prepared before the clone
+//! ([`ChildPlan`]). Failures are a static step name and an errno, sent to
+//! the supervisor as a fixed-size [`Message`].
+//!
+//! The order of steps (each one's reason is next to it):
+//! 1. die with the supervisor (PDEATHSIG), wait until uid/gid maps are written;
+//! 2. a new cgroup namespace (the supervisor has moved us into our cgroups);
+//! 3. become the sandbox user (uid/gid 1000, no supplementary groups) while
+//!    keeping the user namespace's capabilities for setup;
+//! 4. hostname, then the filesystem: mounts, pivot_root, read-only root;
+//! 5. hand /sandbox to the supervisor, which copies the inputs in;
+//! 6. stdio, working directory, then privileges: capabilities dropped,
+//!    no_new_privs, rlimits, Landlock, and seccomp last (it would forbid
+//!    the steps before it), its listener handed to the supervisor;
+//! 7. fork the program (pid 2: new session, fds above 2 closed, execve),
+//!    and reap until it exits; the exit of init kills everything else.
+
+use crate::caps;
+use crate::child_error::{check, check_int, last_errno, ChildFailure};
+use crate::landlock::LandlockPlan;
+use crate::mounts::{self, MountPlan, SANDBOX_ID};
+use crate::rlimits::RlimitPlan;
+use std::ffi::CString;
+use std::os::fd::RawFd;
+
+/// What init tells the supervisor. Fixed size, so sending needs no
+/// allocation.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct Message {
+    pub kind: u32,
+    pub errno: i32,
+    /// A wait status for `EXITED`.
+    pub status: i32,
+    pub _pad: i32,
+    /// CPU time (µs) of all reaped processes, for `EXITED`.
+    pub cpu_us: u64,
+    /// Largest max RSS (KiB) of any reaped process, for `EXITED`.
+    pub max_rss_kb: u64,
+    /// The failed step's name, NUL-padded, for `FAILED` and `EXEC_FAILED`.
+    pub step: [u8; 64],
+}
+
+impl Message {
+    pub const READY: u32 = 1;
+    pub const LISTENER: u32 = 2;
+    pub const EXITED: u32 = 3;
+    pub const FAILED: u32 = 4;
+    pub const EXEC_FAILED: u32 = 5;
+    pub const STARTED: u32 = 6;
+
+    pub const SIZE: usize = std::mem::size_of::<Message>();
+
+    fn new(kind: u32) -> Message {
+        Message {
+            kind,
+            errno: 0,
+            status: 0,
+            _pad: 0,
+            cpu_us: 0,
+            max_rss_kb: 0,
+            step: [0; 64],
+        }
+    }
+
+    fn failure(kind: u32, failure: ChildFailure) -> Message {
+        let mut m = Message::new(kind);
+        m.errno = failure.errno;
+        let bytes = failure.step.as_bytes();
+        let n = bytes.len().min(m.step.len() - 1);
+        m.step[..n].copy_from_slice(&bytes[..n]);
+        m
+    }
+
+    /// Reads a message from received bytes (supervisor side).
+    pub fn from_bytes(bytes: &[u8]) -> Option<Message> {
+        if bytes.len() != Self::SIZE {
+            return None;
+        }
+        // SAFETY: the length matches and every bit pattern is a valid
+        // Message (integers and a byte array).
+        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Message>()) })
+    }
+
+    /// The step name (supervisor side).
+    pub fn step_name(&self) -> String {
+        let end = self.step.iter().position(|&b| b == 0).unwrap_or(self.step.len());
+        String::from_utf8_lossy(&self.step[..end]).into_owned()
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        // SAFETY: Message is repr(C) plain data without padding holes that
+        // matter (the explicit _pad field fills the only gap).
+        unsafe {
+            std::slice::from_raw_parts((self as *const Message).cast::<u8>(), Self::SIZE)
+        }
+    }
+}
+
+/// Seccomp as init installs it.
+pub enum SeccompStep<'a> {
+    /// Denials go to the supervisor through a listener fd.
+    Notify(&'a libc::sock_fprog),
+    /// Denials fail with an errno and are not seen.
+    Errno(&'a libc::sock_fprog),
+}
+
+/// Everything init needs, prepared by the supervisor before the clone.
+pub struct ChildPlan<'a> {
+    pub sync_fd: RawFd,
+    pub stdin_fd: Option<RawFd>,
+    pub stdout_fd: RawFd,
+    pub stderr_fd: RawFd,
+    /// Drop supplementary groups (possible when the supervisor is root;
+    /// a rootless user namespace has setgroups denied).
+    pub clear_groups: bool,
+    pub mounts: &'a MountPlan,
+    pub workdir: &'a CString,
+    pub last_cap: u32,
+    pub rlimits: &'a RlimitPlan,
+    pub landlock: Option<&'a LandlockPlan>,
+    pub seccomp: SeccompStep<'a>,
+    /// Paths to try for the program, in order (PATH lookup done ahead).
+    pub exec_candidates: &'a [CString],
+    /// NULL-terminated argv and envp arrays pointing into owned CStrings.
+    pub argv: &'a [*const libc::c_char],
+    pub envp: &'a [*const libc::c_char],
+}
+
+fn send(fd: RawFd, message: &Message, attach: Option<RawFd>) -> Result<(), ChildFailure> {
+    let bytes = message.as_bytes();
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    let mut cmsg_buf = [0u64; 4];
+    // SAFETY: an all-zero msghdr is valid; fields are set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if let Some(attached) = attach {
+        msg.msg_control = cmsg_buf.as_mut_ptr().cast();
+        // SAFETY: pure computation.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(4) } as _;
+        // SAFETY: the control buffer (32 bytes) holds one cmsghdr with one fd.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(4) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), attached);
+        }
+    }
+    // SAFETY: msg points to live buffers.
+    check(
+        unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) } as libc::c_long,
+        "report to the supervisor",
+    )?;
+    Ok(())
+}
+
+/// Waits for the supervisor's one-byte go-ahead; exits quietly if the
+/// supervisor went away.
+fn wait_for_go(fd: RawFd) {
+    let mut byte = 0u8;
+    loop {
+        // SAFETY: reading one byte into a local.
+        let n = unsafe { libc::read(fd, (&mut byte as *mut u8).cast(), 1) };
+        if n == 1 && byte == b'G' {
+            return;
+        }
+        if n < 0 && last_errno("").errno == libc::EINTR {
+            continue;
+        }
+        // EOF or anything else: the supervisor is gone or gave up.
+        // SAFETY: _exit never returns and is async-signal-safe.
+        unsafe { libc::_exit(1) };
+    }
+}
+
+/// Entry point of the cloned child. Never returns.
+pub fn run_init(plan: &ChildPlan<'_>) -> ! {
+    if let Err(failure) = setup_and_start(plan) {
+        let _ = send(plan.sync_fd, &Message::failure(Message::FAILED, failure), None);
+        // SAFETY: _exit never returns.
+        unsafe { libc::_exit(1) };
+    }
+    // setup_and_start only returns Ok in a path that already exited.
+    // SAFETY: _exit never returns.
+    unsafe { libc::_exit(1) }
+}
+
+fn set_ids(clear_groups: bool) -> Result<(), ChildFailure> {
+    // SAFETY: plain credential syscalls with constant arguments.
+    unsafe {
+        if clear_groups {
+            check_int(libc::setgroups(0, std::ptr::null()), "drop supplementary groups")?;
+        }
+        check_int(
+            libc::setresgid(SANDBOX_ID, SANDBOX_ID, SANDBOX_ID),
+            "become the sandbox group",
+        )?;
+        check_int(
+            libc::setresuid(SANDBOX_ID, SANDBOX_ID, SANDBOX_ID),
+            "become the sandbox user",
+        )?;
+    }
+    Ok(())
+}
+
+fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
+    // 1. Die with the supervisor. (If it is already gone, the read below
+    // sees EOF and we exit.)
+    // SAFETY: prctl with integer arguments.
+    check_int(
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) },
+        "set the parent-death signal",
+    )?;
+    wait_for_go(plan.sync_fd);
+
+    // 2. The supervisor has put us in our cgroups: make them our root.
+    // SAFETY: unshare with a constant flag.
+    check_int(
+        unsafe { libc::unshare(libc::CLONE_NEWCGROUP) },
+        "create the cgroup namespace",
+    )?;
+
+    // 3. Files created during setup must belong to a mapped id. The user
+    // namespace's capabilities survive this (uid 0 is not mapped in it, so
+    // the kernel's setuid capability fix-up does not apply).
+    set_ids(plan.clear_groups)?;
+    // Changing the effective uid cleared the parent-death signal: set it
+    // again. If the supervisor died meanwhile, the next wait sees EOF.
+    // SAFETY: prctl with integer arguments.
+    check_int(
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) },
+        "set the parent-death signal",
+    )?;
+
+    // 4. Names and the filesystem.
+    // SAFETY: constant string and its length.
+    check_int(
+        unsafe { libc::sethostname(c"sandbox".as_ptr(), 7) },
+        "set the hostname",
+    )?;
+    plan.mounts.apply_in_child()?;
+    mounts::pivot_into_root()?;
+
+    // 5. Hand /sandbox to the supervisor and wait while it copies inputs.
+    // SAFETY: constant path; the fd is closed after sending.
+    let sandbox_dir = check_int(
+        unsafe {
+            libc::open(
+                c"/sandbox".as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        },
+        "open /sandbox",
+    )?;
+    send(plan.sync_fd, &Message::new(Message::READY), Some(sandbox_dir))?;
+    // SAFETY: our own descriptor.
+    unsafe { libc::close(sandbox_dir) };
+    wait_for_go(plan.sync_fd);
+
+    // 6. Standard streams and working directory.
+    // SAFETY: dup2/open/chdir on descriptors and strings we own.
+    unsafe {
+        let stdin = match plan.stdin_fd {
+            Some(fd) => fd,
+            None => check_int(
+                libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC),
+                "open /dev/null for stdin",
+            )?,
+        };
+        check_int(libc::dup2(stdin, 0), "set up stdin")?;
+        check_int(libc::dup2(plan.stdout_fd, 1), "set up stdout")?;
+        check_int(libc::dup2(plan.stderr_fd, 2), "set up stderr")?;
+        check_int(libc::chdir(plan.workdir.as_ptr()), "enter the working directory")?;
+    }
+
+    // Privileges: capabilities first (dropping the bounding set needs
+    // CAP_SETPCAP), then no_new_privs (Landlock and seccomp require it).
+    caps::drop_all_in_child(plan.last_cap)?;
+    caps::set_no_new_privs_in_child()?;
+    plan.rlimits.apply_in_child()?;
+    if let Some(landlock) = plan.landlock {
+        landlock.apply_in_child()?;
+    }
+    // Seccomp last: after it, the setup syscalls above would be refused.
+    match plan.seccomp {
+        SeccompStep::Notify(prog) => {
+            let listener = crate::seccomp::install_with_listener(prog)
+                .map_err(|errno| ChildFailure { step: "install the seccomp filter", errno })?;
+            send(plan.sync_fd, &Message::new(Message::LISTENER), Some(listener))?;
+            // SAFETY: our own descriptor; the supervisor holds a copy.
+            unsafe { libc::close(listener) };
+        }
+        SeccompStep::Errno(prog) => {
+            crate::seccomp::install(prog)
+                .map_err(|errno| ChildFailure { step: "install the seccomp filter", errno })?;
+        }
+    }
+
+    // 7. The program runs as pid 2; init stays to reap and report.
+    // SAFETY: a fork-like clone (no CLONE_VM): the child gets a copy of
+    // this single-threaded process and continues on its own stack copy.
+    let pid = check(
+        unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0, 0, 0, 0) },
+        "fork the program",
+    )? as libc::pid_t;
+    if pid == 0 {
+        exec_program(plan);
+    }
+    send(plan.sync_fd, &Message::new(Message::STARTED), None)?;
+    // SAFETY: closing init's copies of the standard streams.
+    unsafe {
+        libc::close(0);
+        libc::close(1);
+        libc::close(2);
+    }
+    reap_until_exit(plan.sync_fd, pid)
+}
+
+/// pid 2: a new session, nothing inherited but stdio, then execve.
+fn exec_program(plan: &ChildPlan<'_>) -> ! {
+    // SAFETY: setsid and close_range take no pointers. CLOSE_RANGE_CLOEXEC
+    // keeps the sync socket usable for reporting an exec failure, while
+    // guaranteeing that nothing above fd 2 survives a successful execve.
+    unsafe {
+        libc::setsid();
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        );
+    }
+    let mut errno = libc::ENOENT;
+    for path in plan.exec_candidates {
+        // SAFETY: path, argv and envp are NUL-terminated and live.
+        unsafe { libc::execve(path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr()) };
+        let e = last_errno("execve").errno;
+        // Like execvp: remember a permission error, keep looking on ENOENT.
+        if e != libc::ENOENT && e != libc::ENOTDIR {
+            errno = e;
+        }
+    }
+    let _ = send(
+        plan.sync_fd,
+        &Message::failure(Message::EXEC_FAILED, ChildFailure { step: "execve", errno }),
+        None,
+    );
+    // SAFETY: _exit never returns.
+    unsafe { libc::_exit(127) }
+}
+
+/// Reaps every process until `main` exits, then reports and exits; the
+/// kernel then kills whatever is left in the pid namespace.
+fn reap_until_exit(sync_fd: RawFd, main: libc::pid_t) -> Result<(), ChildFailure> {
+    let mut cpu_us: u64 = 0;
+    let mut max_rss_kb: u64 = 0;
+    loop {
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is valid for the kernel to fill.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: pointers to locals.
+        let pid = unsafe { libc::wait4(-1, &mut status, libc::__WALL, &mut usage) };
+        if pid < 0 {
+            let failure = last_errno("wait for the program");
+            if failure.errno == libc::EINTR {
+                continue;
+            }
+            return Err(failure);
+        }
+        cpu_us += (usage.ru_utime.tv_sec as u64) * 1_000_000
+            + usage.ru_utime.tv_usec as u64
+            + (usage.ru_stime.tv_sec as u64) * 1_000_000
+            + usage.ru_stime.tv_usec as u64;
+        max_rss_kb = max_rss_kb.max(usage.ru_maxrss as u64);
+        if pid == main {
+            let mut m = Message::new(Message::EXITED);
+            m.status = status;
+            m.cpu_us = cpu_us;
+            m.max_rss_kb = max_rss_kb;
+            let _ = send(sync_fd, &m, None);
+            // SAFETY: _exit never returns.
+            unsafe { libc::_exit(0) };
+        }
+    }
+}

@@ -1,0 +1,803 @@
+//! The sandbox's filesystem: a fresh tmpfs root, assembled from read-only
+//! binds of host paths, a new /proc with sensitive files masked, a minimal
+//! /dev, synthesized /etc files and one writable tmpfs (the disk limit)
+//! shared by /sandbox, /tmp and /dev/shm; then pivot_root into it.
+//!
+//! [`MountPlan::prepare`] runs in the supervisor and may allocate: it looks
+//! at the host paths and turns the configuration into a list of
+//! [`MountOp`]s with every path already a C string. [`MountPlan::apply_in_child`]
+//! and [`pivot_into_root`] run in the sandbox's init between clone and exec,
+//! so they only make raw syscalls on that prepared data.
+
+use crate::child_error::{check, check_int, last_errno, ChildFailure};
+use crate::spec::ReadOnlyPath;
+use std::collections::BTreeSet;
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+
+/// Where the new root is assembled. The mount namespace is private by then,
+/// so mounting over the host's /tmp there is invisible to the host.
+const BUILD_ROOT: &str = "/tmp";
+/// Where the writable tmpfs is mounted while its parts are bound into place;
+/// detached again before pivot_root.
+const RW_STAGE: &str = "/.rw";
+
+/// The sandbox user's uid and gid inside the sandbox.
+pub const SANDBOX_ID: u32 = 1000;
+
+/// Files in /proc that leak host information or act on the host; a bind of
+/// /dev/null hides each (the list container runtimes mask).
+const MASKED_PROC_FILES: &[&str] = &[
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/key-users",
+    "/proc/sysrq-trigger",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/kallsyms",
+    "/proc/kmsg",
+    "/proc/latency_stats",
+    "/proc/kpagecount",
+    "/proc/kpageflags",
+    "/proc/kpagecgroup",
+    "/proc/config.gz",
+    "/proc/modules",
+    "/proc/vmallocinfo",
+    "/proc/pagetypeinfo",
+    "/proc/slabinfo",
+    "/proc/buddyinfo",
+    "/proc/softirqs",
+    "/proc/interrupts",
+];
+
+/// Directories in /proc hidden under an empty read-only tmpfs.
+const MASKED_PROC_DIRS: &[&str] = &[
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/bus",
+    "/proc/driver",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/scsi",
+    "/proc/sys",
+    "/proc/sysvipc",
+    "/proc/tty",
+];
+
+/// Device files bound from the host into the sandbox's /dev.
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
+
+/// The read-only host paths every sandbox gets unless the config file says
+/// otherwise: what dynamically linked programs need to start, and no more.
+pub fn default_read_only_paths() -> Vec<ReadOnlyPath> {
+    [
+        ("/usr", false),
+        ("/bin", true),
+        ("/sbin", true),
+        ("/lib", true),
+        ("/lib64", true),
+        ("/lib32", true),
+        ("/libx32", true),
+        ("/etc/ld.so.cache", true),
+        ("/etc/ld.so.conf", true),
+        ("/etc/ld.so.conf.d", true),
+        ("/etc/ssl", true),
+        ("/etc/ca-certificates", true),
+        ("/etc/pki", true),
+        ("/etc/alternatives", true),
+        ("/etc/localtime", true),
+        ("/etc/mime.types", true),
+    ]
+    .into_iter()
+    .map(|(p, optional)| ReadOnlyPath {
+        host: PathBuf::from(p),
+        sandbox: None,
+        optional,
+    })
+    .collect()
+}
+
+/// Why a mount plan could not be prepared.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("read-only path {path:?} does not exist on this host: remove it from the config or install what provides it")]
+    Missing { path: PathBuf },
+    #[error("cannot inspect read-only path {path:?}: {source}")]
+    Inspect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("path {path:?} must be absolute and free of `..`")]
+    BadPath { path: PathBuf },
+    #[error("path {path:?} contains a NUL byte")]
+    Nul { path: PathBuf },
+}
+
+/// One step of assembling the root. Paths are absolute in the build root.
+#[derive(Debug)]
+pub enum MountOp {
+    Mkdir { path: CString, mode: u32 },
+    Symlink { target: CString, path: CString },
+    WriteFile { path: CString, content: Vec<u8> },
+    /// An empty file to bind a file onto.
+    Touch { path: CString },
+    /// Recursive bind, then read-only, nosuid, nodev (recursively).
+    BindReadOnly { source: CString, target: CString },
+    /// A device file: bind, then nosuid and noexec (not nodev: it is a device).
+    BindDevice { source: CString, target: CString },
+    /// Bind within the build root, writable, nosuid, nodev.
+    BindWritable { source: CString, target: CString },
+    Tmpfs { target: CString, options: CString },
+    /// A new procfs for the sandbox's pid namespace.
+    Proc { target: CString },
+    /// Hide a file with /dev/null, when it exists.
+    MaskFile { target: CString },
+    /// Hide a directory with an empty read-only tmpfs, when it exists.
+    MaskDir { target: CString },
+    Chown { path: CString, id: u32 },
+    Chmod { path: CString, mode: u32 },
+    Detach { target: CString },
+    Rmdir { path: CString },
+}
+
+/// Every step to build the sandbox's root, prepared ahead of the clone.
+#[derive(Debug)]
+pub struct MountPlan {
+    build_root: CString,
+    ops: Vec<MountOp>,
+}
+
+fn cstring(path: &Path) -> Result<CString, MountError> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| MountError::Nul {
+        path: path.to_path_buf(),
+    })
+}
+
+fn cstr(text: &str) -> CString {
+    // Only called with constants and formatted numbers, which hold no NUL.
+    CString::new(text).unwrap_or_default()
+}
+
+/// Checks that `path` is absolute and made only of normal components.
+fn absolute_clean(path: &Path) -> Result<(), MountError> {
+    let clean = path.is_absolute()
+        && path
+            .components()
+            .all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    if clean {
+        Ok(())
+    } else {
+        Err(MountError::BadPath {
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// Builds the op list, creating each directory once.
+struct Builder {
+    ops: Vec<MountOp>,
+    dirs: BTreeSet<PathBuf>,
+}
+
+impl Builder {
+    fn at(path: &Path) -> PathBuf {
+        let rel = path.strip_prefix("/").unwrap_or(path);
+        Path::new(BUILD_ROOT).join(rel)
+    }
+
+    /// Creates `path` (absolute in the sandbox) and its missing parents.
+    fn mkdir_all(&mut self, path: &Path) -> Result<(), MountError> {
+        let mut current = PathBuf::from("/");
+        for part in path.components().skip(1) {
+            current.push(part);
+            if self.dirs.insert(current.clone()) {
+                self.ops.push(MountOp::Mkdir {
+                    path: cstring(&Self::at(&current))?,
+                    mode: 0o755,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn parent_of(&mut self, path: &Path) -> Result<(), MountError> {
+        match path.parent() {
+            Some(parent) => self.mkdir_all(parent),
+            None => Ok(()),
+        }
+    }
+
+    fn read_only(&mut self, entry: &ReadOnlyPath) -> Result<(), MountError> {
+        absolute_clean(&entry.host)?;
+        let inside = entry.sandbox.clone().unwrap_or_else(|| entry.host.clone());
+        absolute_clean(&inside)?;
+        let meta = match std::fs::symlink_metadata(&entry.host) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return if entry.optional {
+                    Ok(())
+                } else {
+                    Err(MountError::Missing {
+                        path: entry.host.clone(),
+                    })
+                };
+            }
+            Err(source) => {
+                return Err(MountError::Inspect {
+                    path: entry.host.clone(),
+                    source,
+                })
+            }
+        };
+        self.parent_of(&inside)?;
+        let target = cstring(&Self::at(&inside))?;
+        if meta.file_type().is_symlink() {
+            // Merged-/usr links (/bin -> usr/bin) and /etc/localtime: the
+            // same link inside, pointing into what is bound.
+            let link = std::fs::read_link(&entry.host).map_err(|source| MountError::Inspect {
+                path: entry.host.clone(),
+                source,
+            })?;
+            self.ops.push(MountOp::Symlink {
+                target: cstring(&link)?,
+                path: target,
+            });
+            return Ok(());
+        }
+        if meta.is_dir() {
+            if self.dirs.insert(inside.clone()) {
+                self.ops.push(MountOp::Mkdir {
+                    path: target.clone(),
+                    mode: 0o755,
+                });
+            }
+        } else {
+            self.ops.push(MountOp::Touch {
+                path: target.clone(),
+            });
+        }
+        self.ops.push(MountOp::BindReadOnly {
+            source: cstring(&entry.host)?,
+            target,
+        });
+        Ok(())
+    }
+
+    fn write_file(&mut self, inside: &str, content: String) -> Result<(), MountError> {
+        let path = Path::new(inside);
+        self.parent_of(path)?;
+        self.ops.push(MountOp::WriteFile {
+            path: cstring(&Self::at(path))?,
+            content: content.into_bytes(),
+        });
+        Ok(())
+    }
+}
+
+/// The /etc files formicary writes itself: who `sandbox` is, and names.
+fn synthesized_etc() -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "/etc/passwd",
+            format!(
+                "root:x:0:0:root:/root:/usr/sbin/nologin\n\
+                 sandbox:x:{SANDBOX_ID}:{SANDBOX_ID}:sandbox:/sandbox:/bin/sh\n\
+                 nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+            ),
+        ),
+        (
+            "/etc/group",
+            format!("root:x:0:\nsandbox:x:{SANDBOX_ID}:\nnogroup:x:65534:\n"),
+        ),
+        (
+            "/etc/hosts",
+            "127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost ip6-loopback\n".to_string(),
+        ),
+        ("/etc/hostname", "sandbox\n".to_string()),
+        (
+            "/etc/nsswitch.conf",
+            "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n".to_string(),
+        ),
+        ("/etc/resolv.conf", String::new()),
+    ]
+}
+
+impl MountPlan {
+    /// Prepares the whole filesystem: `read_only` host paths, the writable
+    /// tmpfs of `disk_bytes`, /proc, /dev and /etc.
+    pub fn prepare(read_only: &[ReadOnlyPath], disk_bytes: u64) -> Result<MountPlan, MountError> {
+        let mut b = Builder {
+            ops: Vec::new(),
+            dirs: BTreeSet::new(),
+        };
+        b.dirs.insert(PathBuf::from("/"));
+        for entry in read_only {
+            b.read_only(entry)?;
+        }
+        for (path, content) in synthesized_etc() {
+            // A read-only path given for the same file wins.
+            if !read_only
+                .iter()
+                .any(|r| r.sandbox.as_deref().unwrap_or(&r.host) == Path::new(path))
+            {
+                b.write_file(path, content)?;
+            }
+        }
+
+        // /dev: device binds and the standard links.
+        b.mkdir_all(Path::new("/dev"))?;
+        for dev in DEVICES {
+            let inside = Path::new("/dev").join(dev);
+            b.ops.push(MountOp::Touch {
+                path: cstring(&Builder::at(&inside))?,
+            });
+            b.ops.push(MountOp::BindDevice {
+                source: cstr(&format!("/dev/{dev}")),
+                target: cstring(&Builder::at(&inside))?,
+            });
+        }
+        for (name, target) in [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ] {
+            b.ops.push(MountOp::Symlink {
+                target: cstr(target),
+                path: cstring(&Builder::at(&Path::new("/dev").join(name)))?,
+            });
+        }
+        b.mkdir_all(Path::new("/dev/shm"))?;
+        b.mkdir_all(Path::new("/dev/pts"))?;
+
+        // /proc, then the masks over it.
+        b.mkdir_all(Path::new("/proc"))?;
+        b.ops.push(MountOp::Proc {
+            target: cstring(&Builder::at(Path::new("/proc")))?,
+        });
+        for file in MASKED_PROC_FILES {
+            b.ops.push(MountOp::MaskFile {
+                target: cstring(&Builder::at(Path::new(file)))?,
+            });
+        }
+        for dir in MASKED_PROC_DIRS {
+            b.ops.push(MountOp::MaskDir {
+                target: cstring(&Builder::at(Path::new(dir)))?,
+            });
+        }
+
+        // The writable tmpfs: one filesystem, so one size limit covers
+        // /sandbox, /tmp and /dev/shm together.
+        let stage = Builder::at(Path::new(RW_STAGE));
+        b.mkdir_all(Path::new(RW_STAGE))?;
+        let inodes = (disk_bytes / 1024).clamp(1024, 1 << 20);
+        b.ops.push(MountOp::Tmpfs {
+            target: cstring(&stage)?,
+            options: cstr(&format!("size={disk_bytes},nr_inodes={inodes},mode=0755")),
+        });
+        for (part, inside, mode) in [
+            ("sandbox", "/sandbox", 0o755),
+            ("tmp", "/tmp", 0o1777),
+            ("shm", "/dev/shm", 0o1777),
+        ] {
+            let source = stage.join(part);
+            b.ops.push(MountOp::Mkdir {
+                path: cstring(&source)?,
+                mode: 0o755,
+            });
+            b.ops.push(MountOp::Chmod {
+                path: cstring(&source)?,
+                mode,
+            });
+            if part == "sandbox" {
+                b.ops.push(MountOp::Chown {
+                    path: cstring(&source)?,
+                    id: SANDBOX_ID,
+                });
+            }
+            b.mkdir_all(Path::new(inside))?;
+            b.ops.push(MountOp::BindWritable {
+                source: cstring(&source)?,
+                target: cstring(&Builder::at(Path::new(inside)))?,
+            });
+        }
+        b.ops.push(MountOp::Detach {
+            target: cstring(&stage)?,
+        });
+        b.ops.push(MountOp::Rmdir {
+            path: cstring(&stage)?,
+        });
+        Ok(MountPlan {
+            build_root: cstr(BUILD_ROOT),
+            ops: b.ops,
+        })
+    }
+
+    /// The steps, for tests and for `formicary check`.
+    pub fn ops(&self) -> &[MountOp] {
+        &self.ops
+    }
+
+    /// Makes the mount namespace private, mounts the root tmpfs and runs
+    /// every step. Runs in the sandbox's init: raw syscalls only.
+    pub fn apply_in_child(&self) -> Result<(), ChildFailure> {
+        let none = std::ptr::null::<libc::c_char>();
+        // SAFETY: all pointers are NUL-terminated strings owned by `self`
+        // or null where mount(2) allows it.
+        check_int(
+            unsafe {
+                libc::mount(
+                    none,
+                    c"/".as_ptr(),
+                    none,
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                )
+            },
+            "make mounts private",
+        )?;
+        // SAFETY: as above.
+        check_int(
+            unsafe {
+                libc::mount(
+                    c"tmpfs".as_ptr(),
+                    self.build_root.as_ptr(),
+                    c"tmpfs".as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    c"size=1m,nr_inodes=4096,mode=0755".as_ptr().cast(),
+                )
+            },
+            "mount root tmpfs",
+        )?;
+        for op in &self.ops {
+            apply_op(op)?;
+        }
+        Ok(())
+    }
+}
+
+/// mount_setattr(2) with `attr_set` on `target` and everything below it.
+fn set_mount_attrs(target: &CString, attr_set: u64, step: &'static str) -> Result<(), ChildFailure> {
+    #[repr(C)]
+    struct MountAttr {
+        attr_set: u64,
+        attr_clr: u64,
+        propagation: u64,
+        userns_fd: u64,
+    }
+    let attr = MountAttr {
+        attr_set,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: `target` is a valid C string and `attr` a valid mount_attr of
+    // the size passed; the kernel only reads both.
+    check(
+        unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                libc::AT_FDCWD,
+                target.as_ptr(),
+                libc::AT_RECURSIVE as libc::c_uint,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            )
+        },
+        step,
+    )?;
+    Ok(())
+}
+
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+
+fn bind(source: &CString, target: &CString, step: &'static str) -> Result<(), ChildFailure> {
+    // SAFETY: both strings are valid C strings owned by the plan.
+    check_int(
+        unsafe {
+            libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND | libc::MS_REC,
+                std::ptr::null(),
+            )
+        },
+        step,
+    )?;
+    Ok(())
+}
+
+fn exists(path: &CString) -> bool {
+    // SAFETY: `path` is a valid C string; faccessat only reads it.
+    unsafe { libc::faccessat(libc::AT_FDCWD, path.as_ptr(), libc::F_OK, libc::AT_EACCESS) == 0 }
+}
+
+fn apply_op(op: &MountOp) -> Result<(), ChildFailure> {
+    match op {
+        MountOp::Mkdir { path, mode } => {
+            // SAFETY: valid C string.
+            if unsafe { libc::mkdir(path.as_ptr(), *mode) } < 0 {
+                let failure = last_errno("create a directory in the new root");
+                if failure.errno != libc::EEXIST {
+                    return Err(failure);
+                }
+            }
+        }
+        MountOp::Symlink { target, path } => {
+            // SAFETY: valid C strings.
+            check_int(
+                unsafe { libc::symlink(target.as_ptr(), path.as_ptr()) },
+                "create a symlink in the new root",
+            )?;
+        }
+        MountOp::WriteFile { path, content } => {
+            // SAFETY: valid C string; the fd is closed below.
+            let fd = check_int(
+                unsafe {
+                    libc::open(
+                        path.as_ptr(),
+                        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+                        0o644,
+                    )
+                },
+                "create a file in /etc",
+            )?;
+            let mut written = 0;
+            while written < content.len() {
+                // SAFETY: the range lies within `content`.
+                let n = unsafe {
+                    libc::write(
+                        fd,
+                        content[written..].as_ptr().cast(),
+                        content.len() - written,
+                    )
+                };
+                if n <= 0 {
+                    let failure = last_errno("write a file in /etc");
+                    // SAFETY: fd is ours.
+                    unsafe { libc::close(fd) };
+                    return Err(failure);
+                }
+                written += n as usize;
+            }
+            // SAFETY: fd is ours.
+            unsafe { libc::close(fd) };
+        }
+        MountOp::Touch { path } => {
+            // SAFETY: valid C string; the fd is closed at once.
+            let fd = unsafe {
+                libc::open(
+                    path.as_ptr(),
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_CLOEXEC,
+                    0o644,
+                )
+            };
+            check_int(fd, "create a mount point file")?;
+            // SAFETY: fd is ours.
+            unsafe { libc::close(fd) };
+        }
+        MountOp::BindReadOnly { source, target } => {
+            bind(source, target, "bind a read-only host path")?;
+            set_mount_attrs(
+                target,
+                MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                "make a host path read-only",
+            )?;
+        }
+        MountOp::BindDevice { source, target } => {
+            bind(source, target, "bind a device into /dev")?;
+            set_mount_attrs(
+                target,
+                MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC,
+                "restrict a device mount",
+            )?;
+        }
+        MountOp::BindWritable { source, target } => {
+            bind(source, target, "bind a writable directory")?;
+            set_mount_attrs(
+                target,
+                MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                "restrict a writable mount",
+            )?;
+        }
+        MountOp::Tmpfs { target, options } => {
+            // SAFETY: valid C strings.
+            check_int(
+                unsafe {
+                    libc::mount(
+                        c"tmpfs".as_ptr(),
+                        target.as_ptr(),
+                        c"tmpfs".as_ptr(),
+                        libc::MS_NOSUID | libc::MS_NODEV,
+                        options.as_ptr().cast(),
+                    )
+                },
+                "mount the writable tmpfs",
+            )?;
+        }
+        MountOp::Proc { target } => {
+            // SAFETY: valid C strings.
+            check_int(
+                unsafe {
+                    libc::mount(
+                        c"proc".as_ptr(),
+                        target.as_ptr(),
+                        c"proc".as_ptr(),
+                        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                        std::ptr::null(),
+                    )
+                },
+                "mount /proc",
+            )?;
+        }
+        MountOp::MaskFile { target } => {
+            if exists(target) {
+                bind(&cstr("/dev/null"), target, "mask a /proc file")?;
+            }
+        }
+        MountOp::MaskDir { target } => {
+            if exists(target) {
+                // SAFETY: valid C strings.
+                check_int(
+                    unsafe {
+                        libc::mount(
+                            c"tmpfs".as_ptr(),
+                            target.as_ptr(),
+                            c"tmpfs".as_ptr(),
+                            libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                            c"size=0,nr_inodes=1".as_ptr().cast(),
+                        )
+                    },
+                    "mask a /proc directory",
+                )?;
+            }
+        }
+        MountOp::Chown { path, id } => {
+            // SAFETY: valid C string.
+            check_int(
+                unsafe { libc::chown(path.as_ptr(), *id, *id) },
+                "give /sandbox to the sandbox user",
+            )?;
+        }
+        MountOp::Chmod { path, mode } => {
+            // SAFETY: valid C string.
+            check_int(
+                unsafe { libc::chmod(path.as_ptr(), *mode) },
+                "set a writable directory's mode",
+            )?;
+        }
+        MountOp::Detach { target } => {
+            // SAFETY: valid C string.
+            check_int(
+                unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) },
+                "detach the writable staging mount",
+            )?;
+        }
+        MountOp::Rmdir { path } => {
+            // SAFETY: valid C string.
+            check_int(unsafe { libc::rmdir(path.as_ptr()) }, "remove the staging directory")?;
+        }
+    }
+    Ok(())
+}
+
+/// Switches the root to the assembled tree, detaches the host's root, and
+/// makes the new root itself read-only. Runs in the sandbox's init.
+pub fn pivot_into_root() -> Result<(), ChildFailure> {
+    // SAFETY: constant C strings. pivot_root(".", ".") stacks the old root
+    // on top of the new one; the detach below removes it.
+    unsafe {
+        check_int(libc::chdir(c"/tmp".as_ptr()), "enter the new root")?;
+        check(
+            libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()),
+            "pivot_root",
+        )?;
+        check_int(
+            libc::umount2(c".".as_ptr(), libc::MNT_DETACH),
+            "detach the host's root",
+        )?;
+        check_int(libc::chdir(c"/".as_ptr()), "enter /")?;
+        check_int(
+            libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
+                std::ptr::null(),
+            ),
+            "make the root read-only",
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(plan: &MountPlan) -> Vec<String> {
+        plan.ops()
+            .iter()
+            .map(|op| format!("{op:?}"))
+            .collect()
+    }
+
+    #[test]
+    fn relative_or_dotdot_paths_are_refused() {
+        for bad in ["usr", "/usr/../etc", "/usr/./lib"] {
+            let entry = ReadOnlyPath {
+                host: PathBuf::from(bad),
+                sandbox: None,
+                optional: true,
+            };
+            assert!(
+                matches!(MountPlan::prepare(&[entry], 1 << 20), Err(MountError::BadPath { .. })),
+                "{bad} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_required_paths_are_refused_and_optional_ones_skipped() {
+        let missing = ReadOnlyPath {
+            host: PathBuf::from("/nonexistent-formicary-test"),
+            sandbox: None,
+            optional: false,
+        };
+        assert!(matches!(
+            MountPlan::prepare(std::slice::from_ref(&missing), 1 << 20),
+            Err(MountError::Missing { .. })
+        ));
+        let optional = ReadOnlyPath {
+            optional: true,
+            ..missing
+        };
+        let plan = MountPlan::prepare(&[optional], 1 << 20).expect("optional path is skipped");
+        assert!(!paths(&plan).iter().any(|p| p.contains("nonexistent")));
+    }
+
+    #[test]
+    fn the_plan_binds_usr_read_only_and_sizes_the_writable_tmpfs() {
+        let plan =
+            MountPlan::prepare(&default_read_only_paths(), 64 << 20).expect("default plan");
+        let ops = paths(&plan);
+        assert!(ops
+            .iter()
+            .any(|p| p.starts_with("BindReadOnly") && p.contains("\"/usr\"")));
+        assert!(ops.iter().any(|p| p.contains("size=67108864")));
+        for masked in ["/tmp/proc/kcore", "/tmp/proc/sysrq-trigger", "/tmp/proc/kallsyms"] {
+            assert!(ops.iter().any(|p| p.starts_with("MaskFile") && p.contains(masked)));
+        }
+        // No writable bind of a host path: every BindWritable source is in
+        // the staging tmpfs.
+        for op in plan.ops() {
+            if let MountOp::BindWritable { source, .. } = op {
+                assert!(source.to_bytes().starts_with(b"/tmp/.rw/"), "{source:?}");
+            }
+        }
+        // Each directory is created once.
+        let mkdirs: Vec<_> = plan
+            .ops()
+            .iter()
+            .filter_map(|op| match op {
+                MountOp::Mkdir { path, .. } => Some(path.clone()),
+                _ => None,
+            })
+            .collect();
+        let unique: BTreeSet<_> = mkdirs.iter().collect();
+        assert_eq!(unique.len(), mkdirs.len());
+    }
+
+    #[test]
+    fn passwd_knows_the_sandbox_user() {
+        let etc = synthesized_etc();
+        let passwd = &etc.iter().find(|(p, _)| *p == "/etc/passwd").expect("passwd").1;
+        assert!(passwd.contains("sandbox:x:1000:1000:sandbox:/sandbox:"));
+    }
+}

@@ -1,0 +1,577 @@
+//! The orchestrator: one [`Engine`] per process looks at the host once, and
+//! [`Engine::run`] runs one sandbox as a script of ordered steps:
+//!
+//! 1. validate the request (limits against the maxima, paths);
+//! 2. decide what can be enforced here, and refuse what cannot (unless the
+//!    caller allows a degraded run, which the result then lists);
+//! 3. prepare everything the child needs (mount plan, argv, seccomp filter,
+//!    Landlock ruleset, rlimits, pipes) — the child may not allocate;
+//! 4. lease host ids and create the cgroup;
+//! 5. clone into new user, mount, pid, net, ipc and uts namespaces;
+//! 6. write the id maps, move the child into its cgroup, let it build its root;
+//! 7. copy the inputs into /sandbox through the directory fd it hands over;
+//! 8. release the program and supervise it to its end;
+//! 9. gather usage, copy outputs, classify, and clean up (cgroup, ids).
+//!
+//! `Engine` is `Sync`: many threads may run sandboxes at once. Nothing here
+//! depends on the caller's current directory, umask or signal handlers.
+
+use crate::cgroups::{Cgroup, CgroupLimits, HostCgroups};
+use crate::child::{self, ChildPlan, Message, SeccompStep};
+use crate::config::EngineConfig;
+use crate::idmap::{self, IdAllocator};
+use crate::landlock::{self, LandlockPlan, NetPolicy};
+use crate::mounts::MountPlan;
+use crate::result::{classify, IsolationReport, RunResult, Status};
+use crate::rlimits::RlimitPlan;
+use crate::seccomp::{self, CompiledFilter, DenyMode, Policy};
+use crate::spec::SandboxSpec;
+use crate::supervisor::{self, Watch};
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The sandbox's PATH.
+pub const SANDBOX_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin";
+
+/// The namespaces every sandbox gets, in the order they appear in reports.
+pub const NAMESPACES: &[&str] = &["user", "mount", "pid", "net", "ipc", "uts", "cgroup"];
+
+/// Why the engine could not start at all.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::SeccompError),
+    #[error("cannot read the seccomp policy {path:?}: {source}")]
+    SeccompPolicyFile {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// What the host offers, looked at once.
+pub struct HostFacts {
+    pub rootless: bool,
+    pub cgroups: Option<HostCgroups>,
+    pub landlock_abi: Option<u32>,
+    pub user_notif: bool,
+    pub last_cap: u32,
+}
+
+/// A sandbox engine: host facts, compiled filters and the id allocator.
+pub struct Engine {
+    config: EngineConfig,
+    facts: HostFacts,
+    policy: &'static Policy,
+    filter: CompiledFilter,
+    ids: IdAllocator,
+    counter: AtomicU64,
+}
+
+/// A setup failure before the program started, with the exit code a CLI
+/// should use (125 unless the program itself could not be executed).
+fn setup_failure(spec: &SandboxSpec, message: String) -> RunResult {
+    RunResult::setup_error(message, spec.limits.clone())
+}
+
+fn strerror(errno: i32) -> String {
+    std::io::Error::from_raw_os_error(errno).to_string()
+}
+
+impl Engine {
+    /// Looks at the host, compiles the seccomp filter, and removes what a
+    /// crashed earlier run left behind.
+    pub fn new(config: EngineConfig) -> Result<Engine, EngineError> {
+        let rootless = crate::sys::euid() != 0;
+        let policy: &'static Policy = match &config.seccomp_policy {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| EngineError::SeccompPolicyFile {
+                    path: path.clone(),
+                    source,
+                })?;
+                Box::leak(Box::new(Policy::from_toml(&text)?))
+            }
+            None => seccomp::default_policy()?,
+        };
+        let user_notif = seccomp::user_notif_supported();
+        let mode = if user_notif { DenyMode::Notify } else { DenyMode::Errno };
+        let filter = policy.compile(seccomp::Arch::native(), mode)?;
+        let cgroups = HostCgroups::detect().ok().filter(|h| h.version().is_some());
+        let facts = HostFacts {
+            rootless,
+            cgroups,
+            landlock_abi: landlock::abi_version(),
+            user_notif,
+            last_cap: crate::caps::last_cap(),
+        };
+        if let Some(host) = &facts.cgroups {
+            let _ = host.cleanup_stale(&config.cgroup_parent, &|name| stale_cgroup(name));
+        }
+        let ids = IdAllocator::new(rootless, &config.state_dir, config.uid_base, config.uid_count);
+        Ok(Engine {
+            config,
+            facts,
+            policy,
+            filter,
+            ids,
+            counter: AtomicU64::new(0),
+        })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    pub fn facts(&self) -> &HostFacts {
+        &self.facts
+    }
+
+    /// Runs one sandbox and reports what happened. Never panics on bad
+    /// input: every failure is a result with status `setup_error`.
+    pub fn run(&self, spec: &SandboxSpec) -> RunResult {
+        match self.run_inner(spec) {
+            Ok(result) => result,
+            Err(result) => result,
+        }
+    }
+
+    fn run_inner(&self, spec: &SandboxSpec) -> Result<RunResult, RunResult> {
+        let fail = |message: String| setup_failure(spec, message);
+        // 1. Validate.
+        spec.limits.validate(&self.config.max).map_err(|e| fail(e.to_string()))?;
+        for f in &spec.files {
+            crate::workspace::validate_sandbox_path(&f.sandbox_path).map_err(|e| fail(e.to_string()))?;
+        }
+        for f in &spec.inline_files {
+            crate::workspace::validate_sandbox_path(&f.sandbox_path).map_err(|e| fail(e.to_string()))?;
+        }
+        if !spec.workdir.starts_with('/') {
+            return Err(fail(format!("working directory {:?} must be absolute", spec.workdir)));
+        }
+
+        // 2. Enforceability.
+        let mut not_enforced = Vec::new();
+        if self.facts.cgroups.is_none() {
+            not_enforced.push("memory limit (no usable cgroup)".to_string());
+            not_enforced.push("pids limit (no usable cgroup)".to_string());
+            not_enforced.push("cpu-time limit across processes (per-process RLIMIT_CPU only)".to_string());
+        }
+        if !not_enforced.is_empty() && !spec.allow_degraded {
+            return Err(fail(format!(
+                "cannot enforce on this host: {}. {} Run `formicary check` for details, or pass --allow-degraded to run anyway.",
+                not_enforced.join(", "),
+                if self.facts.rootless {
+                    "Rootless runs need a delegated cgroup v2 subtree (e.g. systemd-run --user -p Delegate=yes) or root."
+                } else {
+                    "Mount the cgroup memory, pids and cpuacct controllers (v1) or a cgroup2 tree with them enabled."
+                }
+            )));
+        }
+
+        // 3. Prepare.
+        let mut read_only = self.config.read_only.clone();
+        read_only.extend(spec.extra_read_only.iter().cloned());
+        let mounts = MountPlan::prepare(&read_only, spec.limits.disk_bytes).map_err(|e| fail(e.to_string()))?;
+        let landlock_plan = match self.facts.landlock_abi {
+            Some(abi) => Some(
+                LandlockPlan::prepare(abi, &landlock::default_rules(), &NetPolicy { connect_tcp_ports: Vec::new() })
+                    .map_err(|e| fail(e.to_string()))?,
+            ),
+            None => None,
+        };
+        let cpu_backstop = spec.limits.cpu_time_ms.div_ceil(1000) + 1;
+        let rlimits = RlimitPlan::prepare(spec.limits.open_files, spec.limits.file_size_bytes, cpu_backstop);
+        let exec = ExecPlan::new(spec).map_err(fail)?;
+        let workdir = CString::new(spec.workdir.as_bytes()).map_err(|_| fail("working directory contains NUL".into()))?;
+        let stdin = if spec.stdin.is_empty() {
+            None
+        } else {
+            Some(crate::sys::sealed_memfd(c"stdin", &spec.stdin).map_err(|e| fail(format!("cannot hold stdin: {e}")))?)
+        };
+        let (stdout_r, stdout_w) = crate::sys::pipe().map_err(|e| fail(format!("cannot create a pipe: {e}")))?;
+        let (stderr_r, stderr_w) = crate::sys::pipe().map_err(|e| fail(format!("cannot create a pipe: {e}")))?;
+        let (sync_parent, sync_child) =
+            crate::sys::seqpacket_pair().map_err(|e| fail(format!("cannot create a socket pair: {e}")))?;
+        let fprog = self.filter.as_fprog();
+        let plan = ChildPlan {
+            sync_fd: sync_child.as_raw_fd(),
+            stdin_fd: stdin.as_ref().map(|f| f.as_raw_fd()),
+            stdout_fd: stdout_w.as_raw_fd(),
+            stderr_fd: stderr_w.as_raw_fd(),
+            clear_groups: !self.facts.rootless,
+            mounts: &mounts,
+            workdir: &workdir,
+            last_cap: self.facts.last_cap,
+            rlimits: &rlimits,
+            landlock: landlock_plan.as_ref(),
+            seccomp: if self.facts.user_notif {
+                SeccompStep::Notify(&fprog)
+            } else {
+                SeccompStep::Errno(&fprog)
+            },
+            exec_candidates: &exec.candidates,
+            argv: &exec.argv_ptrs,
+            envp: &exec.envp_ptrs,
+        };
+
+        // 4. Ids and cgroup.
+        let host_ids = self.ids.acquire().map_err(|e| fail(e.to_string()))?;
+        let cgroup: Option<Box<dyn Cgroup>> = match &self.facts.cgroups {
+            Some(host) => {
+                let name = format!(
+                    "{}-{}",
+                    std::process::id(),
+                    self.counter.fetch_add(1, Ordering::Relaxed)
+                );
+                let limits = CgroupLimits {
+                    memory_bytes: spec.limits.memory_bytes,
+                    pids: spec.limits.pids,
+                };
+                Some(
+                    host.create(&self.config.cgroup_parent, &name, &limits)
+                        .map_err(|e| fail(e.to_string()))?,
+                )
+            }
+            None => None,
+        };
+        let isolation = IsolationReport {
+            namespaces: NAMESPACES.iter().map(|s| s.to_string()).collect(),
+            seccomp: Some(if self.facts.user_notif {
+                "allow-list, denials recorded (user notification)".to_string()
+            } else {
+                "allow-list, denials not recorded (no user notification on this kernel)".to_string()
+            }),
+            landlock_abi: self.facts.landlock_abi,
+            cgroup: cgroup.as_ref().map(|c| c.version().to_string()),
+            host_uid: host_ids.uid,
+            host_gid: host_ids.gid,
+            rootless: self.facts.rootless,
+            not_enforced,
+        };
+
+        // 5.-9.
+        let result = self.launch(spec, &plan, &host_ids, cgroup.as_deref(), sync_parent, sync_child, stdout_r, stderr_r, (stdout_w, stderr_w, stdin));
+        let mut result = result.unwrap_or_else(|message| setup_failure(spec, message));
+        if let Some(cg) = cgroup {
+            let _ = cg.destroy();
+        }
+        result.isolation = isolation;
+        drop(host_ids);
+        Ok(result)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        &self,
+        spec: &SandboxSpec,
+        plan: &ChildPlan<'_>,
+        host_ids: &idmap::HostIds,
+        cgroup: Option<&dyn Cgroup>,
+        sync_parent: OwnedFd,
+        sync_child: OwnedFd,
+        stdout_r: OwnedFd,
+        stderr_r: OwnedFd,
+        child_ends: (OwnedFd, OwnedFd, Option<OwnedFd>),
+    ) -> Result<RunResult, String> {
+        let spawned = Instant::now();
+        let (pid, pidfd) = clone_sandbox(plan).map_err(|e| format!("cannot create the sandbox's namespaces: {e}{}", clone_hint(&e)))?;
+        // The child holds its own copies now.
+        drop(sync_child);
+        drop(child_ends);
+        let child = ChildGuard { pid, pidfd, reaped: false };
+
+        // 6. Maps and cgroup, then let init build its root.
+        idmap::write_maps(pid, host_ids, self.facts.rootless).map_err(|e| e.to_string())?;
+        if let Some(cg) = cgroup {
+            cg.add_process(pid).map_err(|e| e.to_string())?;
+        }
+        crate::sys::write_all(sync_parent.as_fd(), b"G").map_err(|e| format!("sandbox init died early: {e}"))?;
+
+        // 7. Inputs.
+        let sandbox_dir = expect_ready(&sync_parent)?;
+        let (uid, gid) = (host_ids.uid, host_ids.gid);
+        crate::workspace::copy_in(sandbox_dir.as_fd(), &spec.files, &spec.inline_files, &|f| {
+            crate::sys::with_fs_ids(uid, gid, f)
+        })
+        .map_err(|e| e.to_string())?;
+
+        // 8. Release the program; the listener arrives just before it starts.
+        let cpu_baseline_ns = cgroup.and_then(|c| c.cpu_time_ns().ok()).unwrap_or(0);
+        crate::sys::write_all(sync_parent.as_fd(), b"G").map_err(|e| format!("sandbox init died early: {e}"))?;
+        let listener = expect_listener(&sync_parent, self.facts.user_notif)?;
+        let started = Instant::now();
+        let outcome = supervisor::supervise(
+            Watch {
+                sync: sync_parent.as_fd(),
+                stdout: stdout_r,
+                stderr: stderr_r,
+                init_pidfd: child.pidfd.as_fd(),
+                cgroup,
+                policy: self.policy,
+                wall_limit: Duration::from_millis(spec.limits.wall_time_ms),
+                cpu_limit: Duration::from_millis(spec.limits.cpu_time_ms),
+                output_limit: spec.limits.output_bytes,
+                cpu_baseline_ns,
+            },
+            listener,
+            started,
+        );
+        let _ = child.reap();
+
+        // 9. Usage, outputs, status.
+        let usage = cgroup.and_then(|c| c.usage().ok());
+        let mut observed = outcome.observed.clone();
+        if let Some(u) = &usage {
+            observed.oom_killed = u.oom_kills > 0;
+            observed.pids_limit_reached = u.pids_limit_hits > 0;
+        }
+        if let Ok((free_blocks, free_inodes)) = crate::sys::free_space(sandbox_dir.as_fd()) {
+            observed.disk_full = free_blocks == 0 || free_inodes == 0;
+        }
+        if let Some(errno) = outcome.exec_errno {
+            let code = if errno == libc::ENOENT { 127 } else { 126 };
+            let mut r = setup_failure(spec, format!("cannot execute {:?}: {}", spec.program, strerror(errno)));
+            r.exit_code = Some(code);
+            r.stderr = String::from_utf8_lossy(&outcome.stderr.bytes).into_owned();
+            return Ok(r);
+        }
+        if let Some((step, errno)) = &outcome.failure {
+            return Err(format!("sandbox setup failed: {step}: {}", strerror(*errno)));
+        }
+        let (status, limits_hit) = classify(outcome.exit, &observed);
+        let (files, skipped) = match &spec.outputs {
+            Some(out) => crate::workspace::copy_out(sandbox_dir.as_fd(), out).map_err(|e| e.to_string())?,
+            None => (Vec::new(), Vec::new()),
+        };
+        let cpu_time_ms = match &usage {
+            Some(u) => u.cpu_time_ns.saturating_sub(cpu_baseline_ns) / 1_000_000,
+            None => outcome.reaped_cpu_us / 1000,
+        };
+        let memory_peak_bytes = match &usage {
+            Some(u) => u.memory_peak_bytes,
+            None => outcome.reaped_max_rss_kb * 1024,
+        };
+        let _ = spawned;
+        let error = if status == Status::SetupError {
+            Some("the sandbox's init ended without reporting the program's exit".to_string())
+        } else if !skipped.is_empty() {
+            Some(format!(
+                "output files not copied: {}",
+                skipped.iter().map(|s| format!("{} ({})", s.path, s.reason)).collect::<Vec<_>>().join(", ")
+            ))
+        } else {
+            None
+        };
+        Ok(RunResult {
+            status,
+            exit_code: match outcome.exit {
+                Some(crate::result::Exit::Code(c)) => Some(c),
+                _ => None,
+            },
+            signal: match outcome.exit {
+                Some(crate::result::Exit::Signal(s)) => Some(s),
+                _ => None,
+            },
+            stdout: String::from_utf8_lossy(&outcome.stdout.bytes).into_owned(),
+            stderr: String::from_utf8_lossy(&outcome.stderr.bytes).into_owned(),
+            stdout_truncated: outcome.stdout.truncated,
+            stderr_truncated: outcome.stderr.truncated,
+            wall_time_ms: outcome.wall.as_millis() as u64,
+            cpu_time_ms,
+            memory_peak_bytes,
+            limits_hit,
+            denied_syscalls: outcome.denied,
+            files,
+            limits: spec.limits.clone(),
+            isolation: IsolationReport::default(),
+            error,
+        })
+    }
+}
+
+/// A cgroup name is `<pid>-<n>`; it is stale when that pid is gone.
+fn stale_cgroup(name: &str) -> bool {
+    match name.split('-').next().and_then(|p| p.parse::<u32>().ok()) {
+        Some(pid) => pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        None => false,
+    }
+}
+
+fn clone_hint(e: &std::io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::ENOSPC) => {
+            " (user namespaces may be disabled: check kernel.unprivileged_userns_clone, user.max_user_namespaces and AppArmor's restrict_unprivileged_userns; `formicary check` tells)"
+        }
+        _ => "",
+    }
+}
+
+/// The init process, killed and reaped when dropped.
+struct ChildGuard {
+    pid: libc::pid_t,
+    pidfd: OwnedFd,
+    reaped: bool,
+}
+
+impl ChildGuard {
+    fn reap(mut self) -> std::io::Result<(i32, libc::rusage)> {
+        self.reaped = true;
+        crate::sys::wait_pid(self.pid)
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = crate::sys::pidfd_kill(self.pidfd.as_fd(), libc::SIGKILL);
+            let _ = crate::sys::wait_pid(self.pid);
+        }
+    }
+}
+
+fn recv_message(sync: &OwnedFd) -> Result<(Message, Option<OwnedFd>), String> {
+    let mut buf = [0u8; Message::SIZE + 8];
+    let (n, fd) = crate::sys::recv_with_fd(sync.as_fd(), &mut buf).map_err(|e| format!("lost contact with the sandbox's init: {e}"))?;
+    if n == 0 {
+        return Err("the sandbox's init exited during setup".to_string());
+    }
+    let m = Message::from_bytes(&buf[..n]).ok_or("malformed message from the sandbox's init")?;
+    if m.kind == Message::FAILED {
+        return Err(format!("sandbox setup failed: {}: {}", m.step_name(), strerror(m.errno)));
+    }
+    Ok((m, fd))
+}
+
+fn expect_ready(sync: &OwnedFd) -> Result<OwnedFd, String> {
+    match recv_message(sync)? {
+        (m, Some(fd)) if m.kind == Message::READY => Ok(fd),
+        _ => Err("unexpected message from the sandbox's init (wanted READY)".to_string()),
+    }
+}
+
+fn expect_listener(sync: &OwnedFd, user_notif: bool) -> Result<Option<OwnedFd>, String> {
+    if !user_notif {
+        return Ok(None);
+    }
+    match recv_message(sync)? {
+        (m, Some(fd)) if m.kind == Message::LISTENER => Ok(Some(fd)),
+        _ => Err("unexpected message from the sandbox's init (wanted the seccomp listener)".to_string()),
+    }
+}
+
+/// argv, envp and the program's candidate paths as C strings, with the
+/// NULL-terminated pointer arrays execve takes.
+struct ExecPlan {
+    candidates: Vec<CString>,
+    _argv: Vec<CString>,
+    _envp: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    envp_ptrs: Vec<*const libc::c_char>,
+}
+
+/// The environment every program starts with, before `--env` additions.
+pub fn base_environment() -> Vec<(String, String)> {
+    vec![
+        ("PATH".into(), SANDBOX_PATH.into()),
+        ("HOME".into(), "/sandbox".into()),
+        ("LANG".into(), "C.UTF-8".into()),
+        ("TMPDIR".into(), "/tmp".into()),
+    ]
+}
+
+impl ExecPlan {
+    fn new(spec: &SandboxSpec) -> Result<ExecPlan, String> {
+        let nul = |what: &str| format!("{what} contains a NUL byte");
+        if spec.program.is_empty() {
+            return Err("no program given".into());
+        }
+        let candidates = if spec.program.contains('/') {
+            vec![CString::new(spec.program.as_bytes()).map_err(|_| nul("the program"))?]
+        } else {
+            SANDBOX_PATH
+                .split(':')
+                .map(|dir| CString::new(format!("{dir}/{}", spec.program)).map_err(|_| nul("the program")))
+                .collect::<Result<_, _>>()?
+        };
+        let mut argv = vec![CString::new(spec.program.as_bytes()).map_err(|_| nul("the program"))?];
+        for a in &spec.args {
+            argv.push(CString::new(a.as_bytes()).map_err(|_| nul("an argument"))?);
+        }
+        let mut env = base_environment();
+        for (k, v) in &spec.env {
+            if k.is_empty() || k.contains('=') {
+                return Err(format!("environment variable name {k:?} is not valid"));
+            }
+            env.retain(|(existing, _)| existing != k);
+            env.push((k.clone(), v.clone()));
+        }
+        let envp: Vec<CString> = env
+            .iter()
+            .map(|(k, v)| CString::new(format!("{k}={v}")).map_err(|_| nul("an environment variable")))
+            .collect::<Result<_, _>>()?;
+        let mut argv_ptrs: Vec<_> = argv.iter().map(|c| c.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let mut envp_ptrs: Vec<_> = envp.iter().map(|c| c.as_ptr()).collect();
+        envp_ptrs.push(std::ptr::null());
+        Ok(ExecPlan {
+            candidates,
+            _argv: argv,
+            _envp: envp,
+            argv_ptrs,
+            envp_ptrs,
+        })
+    }
+}
+
+/// clone3 into new namespaces; the child runs init and never returns.
+fn clone_sandbox(plan: &ChildPlan<'_>) -> std::io::Result<(libc::pid_t, OwnedFd)> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    let mut pidfd: libc::c_int = -1;
+    let args = CloneArgs {
+        flags: (libc::CLONE_NEWUSER
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWNET
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_PIDFD) as u64,
+        pidfd: &mut pidfd as *mut libc::c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 without CLONE_VM behaves like fork: the child gets a
+    // copy of the address space and continues here on its own copy of the
+    // stack. In the child only `child::run_init` runs, which is
+    // async-signal-safe and never returns.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if ret == 0 {
+        child::run_init(plan);
+    }
+    // SAFETY: CLONE_PIDFD stored a fresh descriptor we own.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    Ok((ret as libc::pid_t, pidfd))
+}

@@ -1,0 +1,241 @@
+//! The supervisor's loop while the program runs: it collects stdout and
+//! stderr within the output limit, answers seccomp notifications (and
+//! counts them), watches the wall clock and the cgroup's CPU time, and
+//! kills the whole sandbox (by killing its init, which takes the pid
+//! namespace with it) when a limit is reached.
+//!
+//! It sleeps in poll(2) until something happens or the next deadline: the
+//! wall deadline, or the earliest moment the CPU limit could be reached
+//! with every CPU busy (at most 100 ms ahead), so short runs wake only for
+//! their own events.
+
+use crate::cgroups::Cgroup;
+use crate::child::Message;
+use crate::result::{Exit, Observed};
+use crate::seccomp::{Notifier, Policy};
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+/// What the supervisor watches.
+pub struct Watch<'a> {
+    pub sync: BorrowedFd<'a>,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    pub init_pidfd: BorrowedFd<'a>,
+    pub cgroup: Option<&'a dyn Cgroup>,
+    pub policy: &'a Policy,
+    pub wall_limit: Duration,
+    pub cpu_limit: Duration,
+    pub output_limit: u64,
+    /// CPU time the cgroup had used before the program started (setup).
+    pub cpu_baseline_ns: u64,
+}
+
+/// One output stream, kept up to the limit.
+#[derive(Default)]
+pub struct Captured {
+    pub bytes: Vec<u8>,
+    pub truncated: bool,
+    open: bool,
+}
+
+/// What happened while the program ran.
+pub struct Outcome {
+    pub exit: Option<Exit>,
+    pub observed: Observed,
+    pub stdout: Captured,
+    pub stderr: Captured,
+    pub wall: Duration,
+    pub denied: BTreeMap<String, u64>,
+    /// CPU time (µs) and max RSS (KiB) that init measured by reaping.
+    pub reaped_cpu_us: u64,
+    pub reaped_max_rss_kb: u64,
+    /// errno of a failed execve of the program.
+    pub exec_errno: Option<i32>,
+    /// A setup step of init that failed after the program was released.
+    pub failure: Option<(String, i32)>,
+}
+
+const CPU_CHECK_MAX: Duration = Duration::from_millis(100);
+const CPU_CHECK_MIN: Duration = Duration::from_millis(5);
+
+fn read_into(fd: BorrowedFd<'_>, cap: &mut Captured, limit: u64) -> bool {
+    let mut buf = [0u8; 65536];
+    loop {
+        match crate::sys::read(fd, &mut buf) {
+            Ok(0) => {
+                cap.open = false;
+                return false;
+            }
+            Ok(n) => {
+                let room = limit.saturating_sub(cap.bytes.len() as u64) as usize;
+                if n > room {
+                    cap.bytes.extend_from_slice(&buf[..room]);
+                    cap.truncated = true;
+                    return true;
+                }
+                cap.bytes.extend_from_slice(&buf[..n]);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => {
+                cap.open = false;
+                return false;
+            }
+        }
+    }
+}
+
+/// Runs the loop from the program's release until init is gone.
+pub fn supervise(watch: Watch<'_>, listener: Option<OwnedFd>, started: Instant) -> Outcome {
+    let _ = crate::sys::set_nonblocking(watch.stdout.as_fd());
+    let _ = crate::sys::set_nonblocking(watch.stderr.as_fd());
+    let notifier = listener.map(Notifier::new);
+    let mut out = Outcome {
+        exit: None,
+        observed: Observed::default(),
+        stdout: Captured { open: true, ..Captured::default() },
+        stderr: Captured { open: true, ..Captured::default() },
+        wall: Duration::ZERO,
+        denied: BTreeMap::new(),
+        reaped_cpu_us: 0,
+        reaped_max_rss_kb: 0,
+        exec_errno: None,
+        failure: None,
+    };
+    let deadline = started + watch.wall_limit;
+    let cpus = crate::sys::online_cpus() as u32;
+    let mut sync_open = true;
+    let mut notify_open = notifier.is_some();
+    let mut killed = false;
+    let mut next_cpu_check = started;
+    let mut ended_at: Option<Instant> = None;
+
+    let mut kill = |observed_flag: &mut bool, killed: &mut bool| {
+        *observed_flag = true;
+        if !*killed {
+            let _ = crate::sys::pidfd_kill(watch.init_pidfd, libc::SIGKILL);
+            *killed = true;
+        }
+    };
+
+    while sync_open || out.stdout.open || out.stderr.open {
+        let now = Instant::now();
+        // Limits, unless the run is already over.
+        if !killed && ended_at.is_none() {
+            if now >= deadline {
+                kill(&mut out.observed.wall_time_exceeded, &mut killed);
+            } else if now >= next_cpu_check {
+                if let Some(cg) = watch.cgroup {
+                    if let Ok(total) = cg.cpu_time_ns() {
+                        let used = Duration::from_nanos(total.saturating_sub(watch.cpu_baseline_ns));
+                        if used >= watch.cpu_limit {
+                            kill(&mut out.observed.cpu_time_exceeded, &mut killed);
+                        } else {
+                            let earliest = (watch.cpu_limit - used) / cpus.max(1);
+                            next_cpu_check = now + earliest.clamp(CPU_CHECK_MIN, CPU_CHECK_MAX);
+                        }
+                    }
+                } else {
+                    next_cpu_check = deadline;
+                }
+            }
+        }
+        // After init ends, the pipes close as soon as the kernel has
+        // killed the rest of the namespace; do not wait for them forever.
+        if let Some(end) = ended_at {
+            if now >= end + Duration::from_secs(2) {
+                break;
+            }
+        }
+        let wake = if killed || ended_at.is_some() {
+            now + Duration::from_millis(100)
+        } else {
+            deadline.min(next_cpu_check.max(now))
+        };
+        let timeout_ms = wake.saturating_duration_since(now).as_millis().min(i32::MAX as u128) as i32;
+
+        let mut fds = Vec::with_capacity(4);
+        let mut roles = Vec::with_capacity(4);
+        if sync_open {
+            fds.push(libc::pollfd { fd: watch.sync.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            roles.push(0);
+        }
+        if out.stdout.open {
+            fds.push(libc::pollfd { fd: watch.stdout.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            roles.push(1);
+        }
+        if out.stderr.open {
+            fds.push(libc::pollfd { fd: watch.stderr.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            roles.push(2);
+        }
+        if let (Some(n), true) = (&notifier, notify_open) {
+            fds.push(libc::pollfd { fd: n.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            roles.push(3);
+        }
+        if crate::sys::poll(&mut fds, timeout_ms.max(0) + 1).is_err() {
+            break;
+        }
+        for (pfd, role) in fds.iter().zip(roles.iter()) {
+            if pfd.revents == 0 {
+                continue;
+            }
+            match role {
+                0 => {
+                    let mut buf = [0u8; Message::SIZE + 8];
+                    match crate::sys::recv_with_fd(watch.sync, &mut buf) {
+                        Ok((0, _)) | Err(_) => {
+                            sync_open = false;
+                            ended_at.get_or_insert_with(Instant::now);
+                        }
+                        Ok((n, _)) => {
+                            if let Some(m) = Message::from_bytes(&buf[..n]) {
+                                match m.kind {
+                                    Message::EXITED => {
+                                        let status = m.status;
+                                        out.exit = Some(if libc::WIFSIGNALED(status) {
+                                            Exit::Signal(libc::WTERMSIG(status))
+                                        } else {
+                                            Exit::Code(libc::WEXITSTATUS(status))
+                                        });
+                                        out.reaped_cpu_us = m.cpu_us;
+                                        out.reaped_max_rss_kb = m.max_rss_kb;
+                                        ended_at.get_or_insert_with(Instant::now);
+                                    }
+                                    Message::EXEC_FAILED => out.exec_errno = Some(m.errno),
+                                    Message::FAILED => out.failure = Some((m.step_name(), m.errno)),
+                                    _ => {}
+                                }
+                            }
+                        }
+                    }
+                }
+                1 | 2 => {
+                    let cap = if *role == 1 { &mut out.stdout } else { &mut out.stderr };
+                    let fd = if *role == 1 { watch.stdout.as_fd() } else { watch.stderr.as_fd() };
+                    if read_into(fd, cap, watch.output_limit) {
+                        kill(&mut out.observed.output_exceeded, &mut killed);
+                        // Stop reading: what came before the cut is kept.
+                        cap.open = false;
+                    }
+                }
+                _ => {
+                    if pfd.revents & libc::POLLIN != 0 {
+                        if let Some(n) = &notifier {
+                            let _ = n.handle_one(watch.policy, &mut out.denied);
+                        }
+                    } else {
+                        notify_open = false;
+                    }
+                }
+            }
+        }
+    }
+    out.wall = ended_at.unwrap_or_else(Instant::now).saturating_duration_since(started);
+    if !killed {
+        // Whatever is left (nothing, normally) dies with init.
+        let _ = crate::sys::pidfd_kill(watch.init_pidfd, libc::SIGKILL);
+    }
+    out
+}
