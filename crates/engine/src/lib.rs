@@ -4,6 +4,13 @@
 //! It knows nothing of command lines or servers: callers fill in a
 //! [`spec::SandboxSpec`] and get a [`result::RunResult`] back.
 
+pub mod caps;
+pub mod child_error;
+pub mod landlock;
 pub mod result;
+pub mod rlimits;
 pub mod spec;
 pub mod units;
+
+#[cfg(test)]
+mod test_support;
