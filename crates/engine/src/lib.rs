@@ -4,6 +4,7 @@
 //! It knows nothing of command lines or servers: callers fill in a
 //! [`spec::SandboxSpec`] and get a [`result::RunResult`] back.
 
+pub mod cgroups;
 pub mod result;
 pub mod spec;
 pub mod units;
