@@ -43,6 +43,8 @@ pub const NAMESPACES: &[&str] = &["user", "mount", "pid", "net", "ipc", "uts", "
 pub enum EngineError {
     #[error(transparent)]
     Seccomp(#[from] seccomp::SeccompError),
+    #[error(transparent)]
+    Caps(#[from] crate::caps::CapsError),
     #[error("cannot read the seccomp policy {path:?}: {source}")]
     SeccompPolicyFile {
         path: std::path::PathBuf,
@@ -103,7 +105,7 @@ impl Engine {
             cgroups,
             landlock_abi: landlock::abi_version(),
             user_notif,
-            last_cap: crate::caps::last_cap(),
+            last_cap: crate::caps::last_cap()?,
         };
         if let Some(host) = &facts.cgroups {
             let _ = host.cleanup_stale(&config.cgroup_parent, &|name| stale_cgroup(name));
@@ -180,8 +182,7 @@ impl Engine {
             ),
             None => None,
         };
-        let cpu_backstop = spec.limits.cpu_time_ms.div_ceil(1000) + 1;
-        let rlimits = RlimitPlan::prepare(spec.limits.open_files, spec.limits.file_size_bytes, cpu_backstop);
+        let rlimits = RlimitPlan::from_limits(&spec.limits).map_err(|e| fail(e.to_string()))?;
         let exec = ExecPlan::new(spec).map_err(fail)?;
         let workdir = CString::new(spec.workdir.as_bytes()).map_err(|_| fail("working directory contains NUL".into()))?;
         let stdin = if spec.stdin.is_empty() {

@@ -112,7 +112,7 @@ pub fn supervise(watch: Watch<'_>, listener: Option<OwnedFd>, started: Instant) 
     let mut next_cpu_check = started;
     let mut ended_at: Option<Instant> = None;
 
-    let mut kill = |observed_flag: &mut bool, killed: &mut bool| {
+    let kill = |observed_flag: &mut bool, killed: &mut bool| {
         *observed_flag = true;
         if !*killed {
             let _ = crate::sys::pidfd_kill(watch.init_pidfd, libc::SIGKILL);

@@ -1,0 +1,294 @@
+//! The command line, defined once with clap. Parsing turns flags into the
+//! engine's types and touches nothing on the system except reading the
+//! files the user names (--config, --stdin).
+
+use clap::{Args, Parser, Subcommand};
+use formicary_engine::spec::{InputFile, Limits, OutputSpec, ReadOnlyPath, SandboxSpec};
+use formicary_engine::units::{parse_duration, parse_size};
+use std::path::{Path, PathBuf};
+
+/// Run untrusted code in a secure, fast Linux sandbox.
+#[derive(Debug, Parser)]
+#[command(name = "formicary", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a program in a new sandbox.
+    Exec(ExecArgs),
+    /// Report what this host offers and what formicary can enforce here.
+    Check(CheckArgs),
+}
+
+/// The limit flags, shared by every command that runs something.
+#[derive(Debug, Args, Default)]
+pub struct LimitArgs {
+    /// Wall-clock time of the whole run, in seconds [default: 10]
+    #[arg(long, value_name = "SECS", value_parser = parse_ms)]
+    pub wall_time: Option<u64>,
+    /// CPU time of all processes together, in seconds [default: 10]
+    #[arg(long, value_name = "SECS", value_parser = parse_ms)]
+    pub cpu_time: Option<u64>,
+    /// Memory of all processes together (K/M/G), swap 0 [default: 256M]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub memory: Option<u64>,
+    /// Processes and threads together [default: 64]
+    #[arg(long, value_name = "N")]
+    pub pids: Option<u64>,
+    /// Writable space: /sandbox, /tmp and /dev/shm together [default: 64M]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub disk: Option<u64>,
+    /// Bytes kept of stdout, and of stderr; more ends the run [default: 1M]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub output: Option<u64>,
+    /// Open files per process (RLIMIT_NOFILE) [default: 256]
+    #[arg(long, value_name = "N")]
+    pub open_files: Option<u64>,
+    /// Largest file a process may write (RLIMIT_FSIZE) [default: 64M]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub file_size: Option<u64>,
+}
+
+fn parse_ms(text: &str) -> Result<u64, String> {
+    parse_duration(text)
+        .map(|d| d.as_millis() as u64)
+        .map_err(|e| e.to_string())
+}
+
+fn parse_size_arg(text: &str) -> Result<u64, String> {
+    parse_size(text).map_err(|e| e.to_string())
+}
+
+impl LimitArgs {
+    /// The limits: each flag given, else the configured default.
+    pub fn resolve(&self, defaults: &Limits) -> Limits {
+        Limits {
+            wall_time_ms: self.wall_time.unwrap_or(defaults.wall_time_ms),
+            cpu_time_ms: self.cpu_time.unwrap_or(defaults.cpu_time_ms),
+            memory_bytes: self.memory.unwrap_or(defaults.memory_bytes),
+            pids: self.pids.unwrap_or(defaults.pids),
+            disk_bytes: self.disk.unwrap_or(defaults.disk_bytes),
+            output_bytes: self.output.unwrap_or(defaults.output_bytes),
+            open_files: self.open_files.unwrap_or(defaults.open_files),
+            file_size_bytes: self.file_size.unwrap_or(defaults.file_size_bytes),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    /// Give the program this file's content on stdin (`-`: formicary's own stdin)
+    #[arg(long, value_name = "PATH|-")]
+    pub stdin: Option<String>,
+    /// Set an environment variable in the sandbox (repeatable)
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+    /// Copy a host file or directory into /sandbox before the run (repeatable)
+    #[arg(long = "file", value_name = "HOST_PATH[:SANDBOX_PATH]", value_parser = parse_input_file)]
+    pub files: Vec<InputFile>,
+    /// Copy matching regular files out of /sandbox after the run (repeatable; needs --out-dir)
+    #[arg(long = "out", value_name = "GLOB", requires = "out_dir")]
+    pub out: Vec<String>,
+    /// Host directory that receives the --out files
+    #[arg(long, value_name = "DIR", requires = "out")]
+    pub out_dir: Option<PathBuf>,
+    /// Bind an extra host path read-only into the sandbox (repeatable)
+    #[arg(long = "ro-bind", value_name = "HOST_PATH[:SANDBOX_PATH]", value_parser = parse_ro_bind)]
+    pub ro_bind: Vec<ReadOnlyPath>,
+    /// Working directory inside the sandbox
+    #[arg(long, value_name = "DIR", default_value = "/sandbox")]
+    pub workdir: String,
+    /// Configuration file (TOML); see the README
+    #[arg(long, value_name = "FILE", env = "FORMICARY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print one JSON object with the result instead of passing output through
+    #[arg(long)]
+    pub json: bool,
+    /// Run even when a limit or isolation layer cannot be enforced here; the result lists what was not
+    #[arg(long)]
+    pub allow_degraded: bool,
+    /// The program (a path in the sandbox, or a name on its PATH) and its arguments
+    #[arg(required = true, last = true, value_name = "PROGRAM [ARGS]...")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Configuration file (TOML)
+    #[arg(long, value_name = "FILE", env = "FORMICARY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_env(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !k.contains('\0') && !v.contains('\0') => {
+            Ok((k.to_string(), v.to_string()))
+        }
+        _ => Err(format!("`{text}` is not KEY=VALUE")),
+    }
+}
+
+fn clean_relative(path: &Path) -> bool {
+    !path.as_os_str().is_empty()
+        && path
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+}
+
+fn parse_input_file(text: &str) -> Result<InputFile, String> {
+    let (host, inside) = match text.rsplit_once(':') {
+        Some((h, s)) if !h.is_empty() => (PathBuf::from(h), PathBuf::from(s)),
+        _ => {
+            let host = PathBuf::from(text);
+            let name = host
+                .file_name()
+                .map(PathBuf::from)
+                .ok_or_else(|| format!("`{text}` names no file"))?;
+            (host, name)
+        }
+    };
+    if !clean_relative(&inside) {
+        return Err(format!(
+            "sandbox path {inside:?} must be relative to /sandbox, without `..` (e.g. `data/input.txt`)"
+        ));
+    }
+    Ok(InputFile {
+        host_path: host,
+        sandbox_path: inside,
+    })
+}
+
+fn parse_ro_bind(text: &str) -> Result<ReadOnlyPath, String> {
+    let (host, inside) = match text.split_once(':') {
+        Some((h, s)) => (PathBuf::from(h), Some(PathBuf::from(s))),
+        None => (PathBuf::from(text), None),
+    };
+    let absolute_clean = |p: &Path| {
+        p.is_absolute()
+            && p.components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::RootDir | std::path::Component::Normal(_)
+                )
+            })
+    };
+    if !absolute_clean(&host) || !inside.as_deref().is_none_or(absolute_clean) {
+        return Err(format!(
+            "`{text}`: both paths must be absolute and free of `..`"
+        ));
+    }
+    Ok(ReadOnlyPath {
+        host,
+        sandbox: inside,
+        optional: false,
+    })
+}
+
+/// Most bytes read from --stdin.
+pub const MAX_STDIN: u64 = 256 << 20;
+/// Most output files copied out.
+pub const MAX_OUT_FILES: u64 = 10_000;
+
+impl ExecArgs {
+    /// Builds the engine's spec; reads --stdin.
+    pub fn to_spec(&self, defaults: &Limits) -> Result<SandboxSpec, String> {
+        let (program, args) = self
+            .command
+            .split_first()
+            .ok_or("no program given: formicary exec [OPTIONS] -- PROGRAM [ARGS...]")?;
+        let mut spec = SandboxSpec::new(program.clone(), args.to_vec());
+        spec.limits = self.limits.resolve(defaults);
+        spec.env = self.env.clone();
+        spec.files = self.files.clone();
+        spec.extra_read_only = self.ro_bind.clone();
+        spec.workdir = self.workdir.clone();
+        spec.allow_degraded = self.allow_degraded;
+        if let Some(source) = &self.stdin {
+            use std::io::Read;
+            let mut data = Vec::new();
+            let read = if source == "-" {
+                std::io::stdin().take(MAX_STDIN + 1).read_to_end(&mut data)
+            } else {
+                std::fs::File::open(source).and_then(|f| f.take(MAX_STDIN + 1).read_to_end(&mut data))
+            };
+            read.map_err(|e| format!("cannot read --stdin {source}: {e}"))?;
+            if data.len() as u64 > MAX_STDIN {
+                return Err(format!(
+                    "--stdin {source} is larger than {} MiB",
+                    MAX_STDIN >> 20
+                ));
+            }
+            spec.stdin = data;
+        }
+        if let Some(dir) = &self.out_dir {
+            spec.outputs = Some(OutputSpec {
+                patterns: self.out.clone(),
+                host_dir: dir.clone(),
+                max_files: MAX_OUT_FILES,
+                max_total_bytes: spec.limits.disk_bytes,
+            });
+        }
+        Ok(spec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn exec(args: &[&str]) -> Result<ExecArgs, clap::Error> {
+        let mut argv = vec!["formicary", "exec"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).map(|cli| match cli.command {
+            Command::Exec(e) => e,
+            Command::Check(_) => panic!("parsed as check"),
+        })
+    }
+
+    #[test]
+    fn limits_parse_with_units_and_default_from_config() {
+        let e = exec(&["--memory", "512M", "--wall-time", "1.5", "--", "/bin/true"]).expect("valid");
+        let limits = e.limits.resolve(&Limits::default());
+        assert_eq!(limits.memory_bytes, 512 << 20);
+        assert_eq!(limits.wall_time_ms, 1500);
+        assert_eq!(limits.cpu_time_ms, Limits::default().cpu_time_ms);
+    }
+
+    #[test]
+    fn bad_values_are_refused_by_the_parser() {
+        assert!(exec(&["--memory", "lots", "--", "x"]).is_err());
+        assert!(exec(&["--wall-time", "-1", "--", "x"]).is_err());
+        assert!(exec(&["--env", "NOEQUALS", "--", "x"]).is_err());
+        assert!(exec(&["--file", "/etc/hosts:../escape", "--", "x"]).is_err());
+        assert!(exec(&["--file", "/etc/hosts:/abs", "--", "x"]).is_err());
+        assert!(exec(&["--ro-bind", "relative", "--", "x"]).is_err());
+        assert!(exec(&["--out", "*.txt", "--", "x"]).is_err(), "--out needs --out-dir");
+        assert!(exec(&[]).is_err(), "a program is required");
+    }
+
+    #[test]
+    fn files_default_to_their_name_in_the_sandbox() {
+        let e = exec(&["--file", "/etc/hosts", "--file", "/tmp/x.txt:data/in.txt", "--", "cat"]).expect("valid");
+        assert_eq!(e.files[0].sandbox_path, PathBuf::from("hosts"));
+        assert_eq!(e.files[1].sandbox_path, PathBuf::from("data/in.txt"));
+        assert_eq!(e.files[1].host_path, PathBuf::from("/tmp/x.txt"));
+    }
+
+    #[test]
+    fn program_and_arguments_follow_the_double_dash() {
+        let e = exec(&["--env", "A=b=c", "--", "sh", "-c", "echo $A"]).expect("valid");
+        assert_eq!(e.env, vec![("A".to_string(), "b=c".to_string())]);
+        let spec = e.to_spec(&Limits::default()).expect("spec");
+        assert_eq!(spec.program, "sh");
+        assert_eq!(spec.args, vec!["-c", "echo $A"]);
+    }
+}
