@@ -5,5 +5,6 @@
 //! [`spec::SandboxSpec`] and get a [`result::RunResult`] back.
 
 pub mod result;
+pub mod seccomp;
 pub mod spec;
 pub mod units;
