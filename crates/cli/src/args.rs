@@ -18,7 +18,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a program in a new sandbox.
-    Exec(ExecArgs),
+    Exec(Box<ExecArgs>),
     /// Report what this host offers and what formicary can enforce here.
     Check(CheckArgs),
 }
@@ -217,7 +217,8 @@ impl ExecArgs {
             let read = if source == "-" {
                 std::io::stdin().take(MAX_STDIN + 1).read_to_end(&mut data)
             } else {
-                std::fs::File::open(source).and_then(|f| f.take(MAX_STDIN + 1).read_to_end(&mut data))
+                std::fs::File::open(source)
+                    .and_then(|f| f.take(MAX_STDIN + 1).read_to_end(&mut data))
             };
             read.map_err(|e| format!("cannot read --stdin {source}: {e}"))?;
             if data.len() as u64 > MAX_STDIN {
@@ -249,14 +250,15 @@ mod tests {
         let mut argv = vec!["formicary", "exec"];
         argv.extend_from_slice(args);
         Cli::try_parse_from(argv).map(|cli| match cli.command {
-            Command::Exec(e) => e,
+            Command::Exec(e) => *e,
             Command::Check(_) => panic!("parsed as check"),
         })
     }
 
     #[test]
     fn limits_parse_with_units_and_default_from_config() {
-        let e = exec(&["--memory", "512M", "--wall-time", "1.5", "--", "/bin/true"]).expect("valid");
+        let e =
+            exec(&["--memory", "512M", "--wall-time", "1.5", "--", "/bin/true"]).expect("valid");
         let limits = e.limits.resolve(&Limits::default());
         assert_eq!(limits.memory_bytes, 512 << 20);
         assert_eq!(limits.wall_time_ms, 1500);
@@ -271,13 +273,24 @@ mod tests {
         assert!(exec(&["--file", "/etc/hosts:../escape", "--", "x"]).is_err());
         assert!(exec(&["--file", "/etc/hosts:/abs", "--", "x"]).is_err());
         assert!(exec(&["--ro-bind", "relative", "--", "x"]).is_err());
-        assert!(exec(&["--out", "*.txt", "--", "x"]).is_err(), "--out needs --out-dir");
+        assert!(
+            exec(&["--out", "*.txt", "--", "x"]).is_err(),
+            "--out needs --out-dir"
+        );
         assert!(exec(&[]).is_err(), "a program is required");
     }
 
     #[test]
     fn files_default_to_their_name_in_the_sandbox() {
-        let e = exec(&["--file", "/etc/hosts", "--file", "/tmp/x.txt:data/in.txt", "--", "cat"]).expect("valid");
+        let e = exec(&[
+            "--file",
+            "/etc/hosts",
+            "--file",
+            "/tmp/x.txt:data/in.txt",
+            "--",
+            "cat",
+        ])
+        .expect("valid");
         assert_eq!(e.files[0].sandbox_path, PathBuf::from("hosts"));
         assert_eq!(e.files[1].sandbox_path, PathBuf::from("data/in.txt"));
         assert_eq!(e.files[1].host_path, PathBuf::from("/tmp/x.txt"));

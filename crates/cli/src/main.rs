@@ -39,9 +39,7 @@ fn main() -> ExitCode {
 
 fn exec(args: &ExecArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(args.config.as_deref())?;
-    let spec = args
-        .to_spec(&config.defaults)
-        .map_err(anyhow::Error::msg)?;
+    let spec = args.to_spec(&config.defaults).map_err(anyhow::Error::msg)?;
     spec.limits
         .validate(&config.max)
         .map_err(anyhow::Error::msg)?;

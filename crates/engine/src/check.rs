@@ -109,10 +109,30 @@ pub fn host_report(config: EngineConfig) -> HostReport {
         item(
             "cpu_time",
             true,
-            if cg { "cgroup CPU accounting" } else { "per-process RLIMIT_CPU only" },
+            if cg {
+                "cgroup CPU accounting"
+            } else {
+                "per-process RLIMIT_CPU only"
+            },
         ),
-        item("memory", cg, if cg { "cgroup memory limit, swap 0" } else { "needs a cgroup" }),
-        item("pids", cg, if cg { "cgroup pids limit" } else { "needs a cgroup" }),
+        item(
+            "memory",
+            cg,
+            if cg {
+                "cgroup memory limit, swap 0"
+            } else {
+                "needs a cgroup"
+            },
+        ),
+        item(
+            "pids",
+            cg,
+            if cg {
+                "cgroup pids limit"
+            } else {
+                "needs a cgroup"
+            },
+        ),
         item("disk", true, "size of the writable tmpfs"),
         item("output", true, "supervisor"),
         item("open_files", true, "RLIMIT_NOFILE"),

@@ -89,16 +89,18 @@ impl Message {
 
     /// The step name (supervisor side).
     pub fn step_name(&self) -> String {
-        let end = self.step.iter().position(|&b| b == 0).unwrap_or(self.step.len());
+        let end = self
+            .step
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.step.len());
         String::from_utf8_lossy(&self.step[..end]).into_owned()
     }
 
     fn as_bytes(&self) -> &[u8] {
         // SAFETY: Message is repr(C) plain data without padding holes that
         // matter (the explicit _pad field fills the only gap).
-        unsafe {
-            std::slice::from_raw_parts((self as *const Message).cast::<u8>(), Self::SIZE)
-        }
+        unsafe { std::slice::from_raw_parts((self as *const Message).cast::<u8>(), Self::SIZE) }
     }
 }
 
@@ -156,8 +158,8 @@ fn send(fd: RawFd, message: &Message, attach: Option<RawFd>) -> Result<(), Child
             std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>(), attached);
         }
     }
-    // SAFETY: msg points to live buffers.
     check(
+        // SAFETY: msg points to live buffers.
         unsafe { libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL) } as libc::c_long,
         "report to the supervisor",
     )?;
@@ -186,7 +188,11 @@ fn wait_for_go(fd: RawFd) {
 /// Entry point of the cloned child. Never returns.
 pub fn run_init(plan: &ChildPlan<'_>) -> ! {
     if let Err(failure) = setup_and_start(plan) {
-        let _ = send(plan.sync_fd, &Message::failure(Message::FAILED, failure), None);
+        let _ = send(
+            plan.sync_fd,
+            &Message::failure(Message::FAILED, failure),
+            None,
+        );
         // SAFETY: _exit never returns.
         unsafe { libc::_exit(1) };
     }
@@ -199,7 +205,10 @@ fn set_ids(clear_groups: bool) -> Result<(), ChildFailure> {
     // SAFETY: plain credential syscalls with constant arguments.
     unsafe {
         if clear_groups {
-            check_int(libc::setgroups(0, std::ptr::null()), "drop supplementary groups")?;
+            check_int(
+                libc::setgroups(0, std::ptr::null()),
+                "drop supplementary groups",
+            )?;
         }
         check_int(
             libc::setresgid(SANDBOX_ID, SANDBOX_ID, SANDBOX_ID),
@@ -216,16 +225,16 @@ fn set_ids(clear_groups: bool) -> Result<(), ChildFailure> {
 fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
     // 1. Die with the supervisor. (If it is already gone, the read below
     // sees EOF and we exit.)
-    // SAFETY: prctl with integer arguments.
     check_int(
+        // SAFETY: prctl with integer arguments.
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) },
         "set the parent-death signal",
     )?;
     wait_for_go(plan.sync_fd);
 
     // 2. The supervisor has put us in our cgroups: make them our root.
-    // SAFETY: unshare with a constant flag.
     check_int(
+        // SAFETY: unshare with a constant flag.
         unsafe { libc::unshare(libc::CLONE_NEWCGROUP) },
         "create the cgroup namespace",
     )?;
@@ -236,15 +245,15 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
     set_ids(plan.clear_groups)?;
     // Changing the effective uid cleared the parent-death signal: set it
     // again. If the supervisor died meanwhile, the next wait sees EOF.
-    // SAFETY: prctl with integer arguments.
     check_int(
+        // SAFETY: prctl with integer arguments.
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) },
         "set the parent-death signal",
     )?;
 
     // 4. Names and the filesystem.
-    // SAFETY: constant string and its length.
     check_int(
+        // SAFETY: constant string and its length.
         unsafe { libc::sethostname(c"sandbox".as_ptr(), 7) },
         "set the hostname",
     )?;
@@ -252,8 +261,8 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
     mounts::pivot_into_root()?;
 
     // 5. Hand /sandbox to the supervisor and wait while it copies inputs.
-    // SAFETY: constant path; the fd is closed after sending.
     let sandbox_dir = check_int(
+        // SAFETY: constant path; the fd is closed after sending.
         unsafe {
             libc::open(
                 c"/sandbox".as_ptr(),
@@ -262,7 +271,11 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
         },
         "open /sandbox",
     )?;
-    send(plan.sync_fd, &Message::new(Message::READY), Some(sandbox_dir))?;
+    send(
+        plan.sync_fd,
+        &Message::new(Message::READY),
+        Some(sandbox_dir),
+    )?;
     // SAFETY: our own descriptor.
     unsafe { libc::close(sandbox_dir) };
     wait_for_go(plan.sync_fd);
@@ -280,7 +293,10 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
         check_int(libc::dup2(stdin, 0), "set up stdin")?;
         check_int(libc::dup2(plan.stdout_fd, 1), "set up stdout")?;
         check_int(libc::dup2(plan.stderr_fd, 2), "set up stderr")?;
-        check_int(libc::chdir(plan.workdir.as_ptr()), "enter the working directory")?;
+        check_int(
+            libc::chdir(plan.workdir.as_ptr()),
+            "enter the working directory",
+        )?;
     }
 
     // Privileges: capabilities first (dropping the bounding set needs
@@ -294,22 +310,31 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
     // Seccomp last: after it, the setup syscalls above would be refused.
     match plan.seccomp {
         SeccompStep::Notify(prog) => {
-            let listener = crate::seccomp::install_with_listener(prog)
-                .map_err(|errno| ChildFailure { step: "install the seccomp filter", errno })?;
-            send(plan.sync_fd, &Message::new(Message::LISTENER), Some(listener))?;
+            let listener =
+                crate::seccomp::install_with_listener(prog).map_err(|errno| ChildFailure {
+                    step: "install the seccomp filter",
+                    errno,
+                })?;
+            send(
+                plan.sync_fd,
+                &Message::new(Message::LISTENER),
+                Some(listener),
+            )?;
             // SAFETY: our own descriptor; the supervisor holds a copy.
             unsafe { libc::close(listener) };
         }
         SeccompStep::Errno(prog) => {
-            crate::seccomp::install(prog)
-                .map_err(|errno| ChildFailure { step: "install the seccomp filter", errno })?;
+            crate::seccomp::install(prog).map_err(|errno| ChildFailure {
+                step: "install the seccomp filter",
+                errno,
+            })?;
         }
     }
 
     // 7. The program runs as pid 2; init stays to reap and report.
-    // SAFETY: a fork-like clone (no CLONE_VM): the child gets a copy of
-    // this single-threaded process and continues on its own stack copy.
     let pid = check(
+        // SAFETY: a fork-like clone (no CLONE_VM): the child gets a copy of
+        // this single-threaded process and continues on its own stack copy.
         unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0, 0, 0, 0) },
         "fork the program",
     )? as libc::pid_t;
@@ -352,7 +377,13 @@ fn exec_program(plan: &ChildPlan<'_>) -> ! {
     }
     let _ = send(
         plan.sync_fd,
-        &Message::failure(Message::EXEC_FAILED, ChildFailure { step: "execve", errno }),
+        &Message::failure(
+            Message::EXEC_FAILED,
+            ChildFailure {
+                step: "execve",
+                errno,
+            },
+        ),
         None,
     );
     // SAFETY: _exit never returns.

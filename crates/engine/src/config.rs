@@ -143,7 +143,12 @@ impl Default for EngineConfig {
     }
 }
 
-fn apply_limits(path: &Path, table: &'static str, text: &LimitsText, into: &mut Limits) -> Result<(), ConfigError> {
+fn apply_limits(
+    path: &Path,
+    table: &'static str,
+    text: &LimitsText,
+    into: &mut Limits,
+) -> Result<(), ConfigError> {
     let err = |key: &'static str, value: &str, source| ConfigError::Value {
         path: path.to_path_buf(),
         table,
@@ -206,10 +211,13 @@ impl EngineConfig {
         let mut config = EngineConfig::default();
         apply_limits(path, "max", &parsed.max, &mut config.max)?;
         apply_limits(path, "limits", &parsed.limits, &mut config.defaults)?;
-        config.defaults.validate(&config.max).map_err(|e| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            message: format!("the [limits] defaults do not fit [max]: {e}"),
-        })?;
+        config
+            .defaults
+            .validate(&config.max)
+            .map_err(|e| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message: format!("the [limits] defaults do not fit [max]: {e}"),
+            })?;
         if let Some(list) = &parsed.filesystem.read_only {
             config.read_only = list.iter().map(|p| ro_path(p)).collect();
         }
@@ -218,14 +226,19 @@ impl EngineConfig {
             .extend(parsed.filesystem.extra_read_only.iter().map(|p| ro_path(p)));
         for entry in &config.read_only {
             let clean = entry.host.is_absolute()
-                && entry
-                    .host
-                    .components()
-                    .all(|c| matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_)));
+                && entry.host.components().all(|c| {
+                    matches!(
+                        c,
+                        std::path::Component::RootDir | std::path::Component::Normal(_)
+                    )
+                });
             if !clean {
                 return Err(ConfigError::Invalid {
                     path: path.to_path_buf(),
-                    message: format!("read-only path {:?} must be absolute and free of `..`", entry.host),
+                    message: format!(
+                        "read-only path {:?} must be absolute and free of `..`",
+                        entry.host
+                    ),
                 });
             }
         }
@@ -242,7 +255,9 @@ impl EngineConfig {
             if count == 0 || config.uid_base.checked_add(count).is_none() {
                 return Err(ConfigError::Invalid {
                     path: path.to_path_buf(),
-                    message: format!("[ids] count = {count} must be at least 1 and keep uids below 2^32"),
+                    message: format!(
+                        "[ids] count = {count} must be at least 1 and keep uids below 2^32"
+                    ),
                 });
             }
             config.uid_count = count;
@@ -255,7 +270,9 @@ impl EngineConfig {
             if !ok {
                 return Err(ConfigError::Invalid {
                     path: path.to_path_buf(),
-                    message: format!("[cgroup] parent = {parent:?} must be a relative path without `..`"),
+                    message: format!(
+                        "[cgroup] parent = {parent:?} must be a relative path without `..`"
+                    ),
                 });
             }
             config.cgroup_parent = parent;
@@ -280,8 +297,10 @@ mod tests {
 
     #[test]
     fn limits_and_maxima_are_read_in_human_units() {
-        let c = parse("[limits]\nmemory = \"128M\"\nwall_time = \"2.5\"\npids = 10\n[max]\nmemory = \"1G\"\n")
-            .expect("valid");
+        let c = parse(
+            "[limits]\nmemory = \"128M\"\nwall_time = \"2.5\"\npids = 10\n[max]\nmemory = \"1G\"\n",
+        )
+        .expect("valid");
         assert_eq!(c.defaults.memory_bytes, 128 << 20);
         assert_eq!(c.defaults.wall_time_ms, 2500);
         assert_eq!(c.defaults.pids, 10);
@@ -290,13 +309,17 @@ mod tests {
 
     #[test]
     fn defaults_above_the_maximum_are_refused() {
-        let err = parse("[limits]\nmemory = \"2G\"\n[max]\nmemory = \"1G\"\n").expect_err("must fail");
+        let err =
+            parse("[limits]\nmemory = \"2G\"\n[max]\nmemory = \"1G\"\n").expect_err("must fail");
         assert!(err.to_string().contains("do not fit [max]"), "{err}");
     }
 
     #[test]
     fn unknown_keys_and_bad_values_are_refused_with_their_place() {
-        assert!(matches!(parse("[limits]\nmemroy = \"1G\"\n"), Err(ConfigError::Parse { .. })));
+        assert!(matches!(
+            parse("[limits]\nmemroy = \"1G\"\n"),
+            Err(ConfigError::Parse { .. })
+        ));
         let err = parse("[limits]\nmemory = \"lots\"\n").expect_err("bad size");
         assert!(err.to_string().contains("[limits] memory"), "{err}");
         assert!(parse("[filesystem]\nextra_read_only = [\"relative\"]\n").is_err());
@@ -307,7 +330,8 @@ mod tests {
 
     #[test]
     fn read_only_list_replaces_and_extra_extends() {
-        let c = parse("[filesystem]\nread_only = [\"/usr\"]\nextra_read_only = [\"/opt\"]\n").expect("valid");
+        let c = parse("[filesystem]\nread_only = [\"/usr\"]\nextra_read_only = [\"/opt\"]\n")
+            .expect("valid");
         let hosts: Vec<_> = c.read_only.iter().map(|r| r.host.clone()).collect();
         assert_eq!(hosts, vec![PathBuf::from("/usr"), PathBuf::from("/opt")]);
     }

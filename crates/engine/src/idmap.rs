@@ -20,12 +20,17 @@ use std::sync::atomic::{AtomicU32, Ordering};
 pub enum IdError {
     #[error("cannot open the uid lock file {path:?}: {source}")]
     LockFile { path: PathBuf, source: io::Error },
-    #[error("all {count} sandbox uids from {base} are in use: wait, or raise [ids] count in the config")]
+    #[error(
+        "all {count} sandbox uids from {base} are in use: wait, or raise [ids] count in the config"
+    )]
     Exhausted { base: u32, count: u32 },
     #[error("cannot lock a uid slot: {0}")]
     Lock(io::Error),
     #[error("cannot write the user namespace's {file}: {source}")]
-    WriteMap { file: &'static str, source: io::Error },
+    WriteMap {
+        file: &'static str,
+        source: io::Error,
+    },
 }
 
 /// The host uid and gid the sandbox's uid/gid 1000 map to, held for the
@@ -70,7 +75,10 @@ impl IdAllocator {
             });
         }
         if let Some(dir) = self.lock_path.parent() {
-            let _ = std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir);
+            let _ = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir);
         }
         // A new open file description per lease: OFD locks of one
         // description do not exclude each other, separate ones do.
@@ -135,7 +143,8 @@ pub fn map_line(host: u32) -> String {
 pub fn write_maps(pid: libc::pid_t, ids: &HostIds, rootless: bool) -> Result<(), IdError> {
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
     let write = |file: &'static str, text: &str| {
-        std::fs::write(proc_dir.join(file), text).map_err(|source| IdError::WriteMap { file, source })
+        std::fs::write(proc_dir.join(file), text)
+            .map_err(|source| IdError::WriteMap { file, source })
     };
     if rootless {
         write("setgroups", "deny")?;

@@ -88,16 +88,22 @@ impl Engine {
         let rootless = crate::sys::euid() != 0;
         let policy: &'static Policy = match &config.seccomp_policy {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| EngineError::SeccompPolicyFile {
-                    path: path.clone(),
-                    source,
+                let text = std::fs::read_to_string(path).map_err(|source| {
+                    EngineError::SeccompPolicyFile {
+                        path: path.clone(),
+                        source,
+                    }
                 })?;
                 Box::leak(Box::new(Policy::from_toml(&text)?))
             }
             None => seccomp::default_policy()?,
         };
         let user_notif = seccomp::user_notif_supported();
-        let mode = if user_notif { DenyMode::Notify } else { DenyMode::Errno };
+        let mode = if user_notif {
+            DenyMode::Notify
+        } else {
+            DenyMode::Errno
+        };
         let filter = policy.compile(seccomp::Arch::native(), mode)?;
         let cgroups = HostCgroups::detect().ok().filter(|h| h.version().is_some());
         let facts = HostFacts {
@@ -110,7 +116,12 @@ impl Engine {
         if let Some(host) = &facts.cgroups {
             let _ = host.cleanup_stale(&config.cgroup_parent, &|name| stale_cgroup(name));
         }
-        let ids = IdAllocator::new(rootless, &config.state_dir, config.uid_base, config.uid_count);
+        let ids = IdAllocator::new(
+            rootless,
+            &config.state_dir,
+            config.uid_base,
+            config.uid_count,
+        );
         Ok(Engine {
             config,
             facts,
@@ -132,24 +143,29 @@ impl Engine {
     /// Runs one sandbox and reports what happened. Never panics on bad
     /// input: every failure is a result with status `setup_error`.
     pub fn run(&self, spec: &SandboxSpec) -> RunResult {
-        match self.run_inner(spec) {
-            Ok(result) => result,
-            Err(result) => result,
-        }
+        self.run_inner(spec)
+            .unwrap_or_else(|message| setup_failure(spec, message))
     }
 
-    fn run_inner(&self, spec: &SandboxSpec) -> Result<RunResult, RunResult> {
-        let fail = |message: String| setup_failure(spec, message);
+    fn run_inner(&self, spec: &SandboxSpec) -> Result<RunResult, String> {
+        let fail = |message: String| message;
         // 1. Validate.
-        spec.limits.validate(&self.config.max).map_err(|e| fail(e.to_string()))?;
+        spec.limits
+            .validate(&self.config.max)
+            .map_err(|e| fail(e.to_string()))?;
         for f in &spec.files {
-            crate::workspace::validate_sandbox_path(&f.sandbox_path).map_err(|e| fail(e.to_string()))?;
+            crate::workspace::validate_sandbox_path(&f.sandbox_path)
+                .map_err(|e| fail(e.to_string()))?;
         }
         for f in &spec.inline_files {
-            crate::workspace::validate_sandbox_path(&f.sandbox_path).map_err(|e| fail(e.to_string()))?;
+            crate::workspace::validate_sandbox_path(&f.sandbox_path)
+                .map_err(|e| fail(e.to_string()))?;
         }
         if !spec.workdir.starts_with('/') {
-            return Err(fail(format!("working directory {:?} must be absolute", spec.workdir)));
+            return Err(fail(format!(
+                "working directory {:?} must be absolute",
+                spec.workdir
+            )));
         }
 
         // 2. Enforceability.
@@ -157,7 +173,8 @@ impl Engine {
         if self.facts.cgroups.is_none() {
             not_enforced.push("memory limit (no usable cgroup)".to_string());
             not_enforced.push("pids limit (no usable cgroup)".to_string());
-            not_enforced.push("cpu-time limit across processes (per-process RLIMIT_CPU only)".to_string());
+            not_enforced
+                .push("cpu-time limit across processes (per-process RLIMIT_CPU only)".to_string());
         }
         if !not_enforced.is_empty() && !spec.allow_degraded {
             return Err(fail(format!(
@@ -174,26 +191,39 @@ impl Engine {
         // 3. Prepare.
         let mut read_only = self.config.read_only.clone();
         read_only.extend(spec.extra_read_only.iter().cloned());
-        let mounts = MountPlan::prepare(&read_only, spec.limits.disk_bytes).map_err(|e| fail(e.to_string()))?;
+        let mounts = MountPlan::prepare(&read_only, spec.limits.disk_bytes)
+            .map_err(|e| fail(e.to_string()))?;
         let landlock_plan = match self.facts.landlock_abi {
             Some(abi) => Some(
-                LandlockPlan::prepare(abi, &landlock::default_rules(), &NetPolicy { connect_tcp_ports: Vec::new() })
-                    .map_err(|e| fail(e.to_string()))?,
+                LandlockPlan::prepare(
+                    abi,
+                    &landlock::default_rules(),
+                    &NetPolicy {
+                        connect_tcp_ports: Vec::new(),
+                    },
+                )
+                .map_err(|e| fail(e.to_string()))?,
             ),
             None => None,
         };
         let rlimits = RlimitPlan::from_limits(&spec.limits).map_err(|e| fail(e.to_string()))?;
         let exec = ExecPlan::new(spec).map_err(fail)?;
-        let workdir = CString::new(spec.workdir.as_bytes()).map_err(|_| fail("working directory contains NUL".into()))?;
+        let workdir = CString::new(spec.workdir.as_bytes())
+            .map_err(|_| fail("working directory contains NUL".into()))?;
         let stdin = if spec.stdin.is_empty() {
             None
         } else {
-            Some(crate::sys::sealed_memfd(c"stdin", &spec.stdin).map_err(|e| fail(format!("cannot hold stdin: {e}")))?)
+            Some(
+                crate::sys::sealed_memfd(c"stdin", &spec.stdin)
+                    .map_err(|e| fail(format!("cannot hold stdin: {e}")))?,
+            )
         };
-        let (stdout_r, stdout_w) = crate::sys::pipe().map_err(|e| fail(format!("cannot create a pipe: {e}")))?;
-        let (stderr_r, stderr_w) = crate::sys::pipe().map_err(|e| fail(format!("cannot create a pipe: {e}")))?;
-        let (sync_parent, sync_child) =
-            crate::sys::seqpacket_pair().map_err(|e| fail(format!("cannot create a socket pair: {e}")))?;
+        let (stdout_r, stdout_w) =
+            crate::sys::pipe().map_err(|e| fail(format!("cannot create a pipe: {e}")))?;
+        let (stderr_r, stderr_w) =
+            crate::sys::pipe().map_err(|e| fail(format!("cannot create a pipe: {e}")))?;
+        let (sync_parent, sync_child) = crate::sys::seqpacket_pair()
+            .map_err(|e| fail(format!("cannot create a socket pair: {e}")))?;
         let fprog = self.filter.as_fprog();
         let plan = ChildPlan {
             sync_fd: sync_child.as_raw_fd(),
@@ -252,7 +282,17 @@ impl Engine {
         };
 
         // 5.-9.
-        let result = self.launch(spec, &plan, &host_ids, cgroup.as_deref(), sync_parent, sync_child, stdout_r, stderr_r, (stdout_w, stderr_w, stdin));
+        let result = self.launch(
+            spec,
+            &plan,
+            &host_ids,
+            cgroup.as_deref(),
+            sync_parent,
+            sync_child,
+            stdout_r,
+            stderr_r,
+            (stdout_w, stderr_w, stdin),
+        );
         let mut result = result.unwrap_or_else(|message| setup_failure(spec, message));
         if let Some(cg) = cgroup {
             let _ = cg.destroy();
@@ -276,18 +316,28 @@ impl Engine {
         child_ends: (OwnedFd, OwnedFd, Option<OwnedFd>),
     ) -> Result<RunResult, String> {
         let spawned = Instant::now();
-        let (pid, pidfd) = clone_sandbox(plan).map_err(|e| format!("cannot create the sandbox's namespaces: {e}{}", clone_hint(&e)))?;
+        let (pid, pidfd) = clone_sandbox(plan).map_err(|e| {
+            format!(
+                "cannot create the sandbox's namespaces: {e}{}",
+                clone_hint(&e)
+            )
+        })?;
         // The child holds its own copies now.
         drop(sync_child);
         drop(child_ends);
-        let child = ChildGuard { pid, pidfd, reaped: false };
+        let child = ChildGuard {
+            pid,
+            pidfd,
+            reaped: false,
+        };
 
         // 6. Maps and cgroup, then let init build its root.
         idmap::write_maps(pid, host_ids, self.facts.rootless).map_err(|e| e.to_string())?;
         if let Some(cg) = cgroup {
             cg.add_process(pid).map_err(|e| e.to_string())?;
         }
-        crate::sys::write_all(sync_parent.as_fd(), b"G").map_err(|e| format!("sandbox init died early: {e}"))?;
+        crate::sys::write_all(sync_parent.as_fd(), b"G")
+            .map_err(|e| format!("sandbox init died early: {e}"))?;
 
         // 7. Inputs.
         let sandbox_dir = expect_ready(&sync_parent)?;
@@ -299,7 +349,8 @@ impl Engine {
 
         // 8. Release the program; the listener arrives just before it starts.
         let cpu_baseline_ns = cgroup.and_then(|c| c.cpu_time_ns().ok()).unwrap_or(0);
-        crate::sys::write_all(sync_parent.as_fd(), b"G").map_err(|e| format!("sandbox init died early: {e}"))?;
+        crate::sys::write_all(sync_parent.as_fd(), b"G")
+            .map_err(|e| format!("sandbox init died early: {e}"))?;
         let listener = expect_listener(&sync_parent, self.facts.user_notif)?;
         let started = Instant::now();
         let outcome = supervisor::supervise(
@@ -332,17 +383,25 @@ impl Engine {
         }
         if let Some(errno) = outcome.exec_errno {
             let code = if errno == libc::ENOENT { 127 } else { 126 };
-            let mut r = setup_failure(spec, format!("cannot execute {:?}: {}", spec.program, strerror(errno)));
+            let mut r = setup_failure(
+                spec,
+                format!("cannot execute {:?}: {}", spec.program, strerror(errno)),
+            );
             r.exit_code = Some(code);
             r.stderr = String::from_utf8_lossy(&outcome.stderr.bytes).into_owned();
             return Ok(r);
         }
         if let Some((step, errno)) = &outcome.failure {
-            return Err(format!("sandbox setup failed: {step}: {}", strerror(*errno)));
+            return Err(format!(
+                "sandbox setup failed: {step}: {}",
+                strerror(*errno)
+            ));
         }
         let (status, limits_hit) = classify(outcome.exit, &observed);
         let (files, skipped) = match &spec.outputs {
-            Some(out) => crate::workspace::copy_out(sandbox_dir.as_fd(), out).map_err(|e| e.to_string())?,
+            Some(out) => {
+                crate::workspace::copy_out(sandbox_dir.as_fd(), out).map_err(|e| e.to_string())?
+            }
             None => (Vec::new(), Vec::new()),
         };
         let cpu_time_ms = match &usage {
@@ -359,7 +418,11 @@ impl Engine {
         } else if !skipped.is_empty() {
             Some(format!(
                 "output files not copied: {}",
-                skipped.iter().map(|s| format!("{} ({})", s.path, s.reason)).collect::<Vec<_>>().join(", ")
+                skipped
+                    .iter()
+                    .map(|s| format!("{} ({})", s.path, s.reason))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
         } else {
             None
@@ -394,7 +457,9 @@ impl Engine {
 /// A cgroup name is `<pid>-<n>`; it is stale when that pid is gone.
 fn stale_cgroup(name: &str) -> bool {
     match name.split('-').next().and_then(|p| p.parse::<u32>().ok()) {
-        Some(pid) => pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        Some(pid) => {
+            pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        }
         None => false,
     }
 }
@@ -433,13 +498,18 @@ impl Drop for ChildGuard {
 
 fn recv_message(sync: &OwnedFd) -> Result<(Message, Option<OwnedFd>), String> {
     let mut buf = [0u8; Message::SIZE + 8];
-    let (n, fd) = crate::sys::recv_with_fd(sync.as_fd(), &mut buf).map_err(|e| format!("lost contact with the sandbox's init: {e}"))?;
+    let (n, fd) = crate::sys::recv_with_fd(sync.as_fd(), &mut buf)
+        .map_err(|e| format!("lost contact with the sandbox's init: {e}"))?;
     if n == 0 {
         return Err("the sandbox's init exited during setup".to_string());
     }
     let m = Message::from_bytes(&buf[..n]).ok_or("malformed message from the sandbox's init")?;
     if m.kind == Message::FAILED {
-        return Err(format!("sandbox setup failed: {}: {}", m.step_name(), strerror(m.errno)));
+        return Err(format!(
+            "sandbox setup failed: {}: {}",
+            m.step_name(),
+            strerror(m.errno)
+        ));
     }
     Ok((m, fd))
 }
@@ -457,7 +527,9 @@ fn expect_listener(sync: &OwnedFd, user_notif: bool) -> Result<Option<OwnedFd>, 
     }
     match recv_message(sync)? {
         (m, Some(fd)) if m.kind == Message::LISTENER => Ok(Some(fd)),
-        _ => Err("unexpected message from the sandbox's init (wanted the seccomp listener)".to_string()),
+        _ => Err(
+            "unexpected message from the sandbox's init (wanted the seccomp listener)".to_string(),
+        ),
     }
 }
 
@@ -492,7 +564,9 @@ impl ExecPlan {
         } else {
             SANDBOX_PATH
                 .split(':')
-                .map(|dir| CString::new(format!("{dir}/{}", spec.program)).map_err(|_| nul("the program")))
+                .map(|dir| {
+                    CString::new(format!("{dir}/{}", spec.program)).map_err(|_| nul("the program"))
+                })
                 .collect::<Result<_, _>>()?
         };
         let mut argv = vec![CString::new(spec.program.as_bytes()).map_err(|_| nul("the program"))?];
@@ -509,7 +583,9 @@ impl ExecPlan {
         }
         let envp: Vec<CString> = env
             .iter()
-            .map(|(k, v)| CString::new(format!("{k}={v}")).map_err(|_| nul("an environment variable")))
+            .map(|(k, v)| {
+                CString::new(format!("{k}={v}")).map_err(|_| nul("an environment variable"))
+            })
             .collect::<Result<_, _>>()?;
         let mut argv_ptrs: Vec<_> = argv.iter().map(|c| c.as_ptr()).collect();
         argv_ptrs.push(std::ptr::null());

@@ -80,14 +80,54 @@ fn print_count(n: u64) -> String {
 }
 
 const LIMIT_FIELDS: &[LimitField] = &[
-    LimitField { flag: "wall-time", get: |l| l.wall_time_ms, min: 1, print: print_ms },
-    LimitField { flag: "cpu-time", get: |l| l.cpu_time_ms, min: 1, print: print_ms },
-    LimitField { flag: "memory", get: |l| l.memory_bytes, min: 4 << 20, print: crate::units::format_size },
-    LimitField { flag: "pids", get: |l| l.pids, min: 1, print: print_count },
-    LimitField { flag: "disk", get: |l| l.disk_bytes, min: 64 << 10, print: crate::units::format_size },
-    LimitField { flag: "output", get: |l| l.output_bytes, min: 0, print: crate::units::format_size },
-    LimitField { flag: "open-files", get: |l| l.open_files, min: 8, print: print_count },
-    LimitField { flag: "file-size", get: |l| l.file_size_bytes, min: 0, print: crate::units::format_size },
+    LimitField {
+        flag: "wall-time",
+        get: |l| l.wall_time_ms,
+        min: 1,
+        print: print_ms,
+    },
+    LimitField {
+        flag: "cpu-time",
+        get: |l| l.cpu_time_ms,
+        min: 1,
+        print: print_ms,
+    },
+    LimitField {
+        flag: "memory",
+        get: |l| l.memory_bytes,
+        min: 4 << 20,
+        print: crate::units::format_size,
+    },
+    LimitField {
+        flag: "pids",
+        get: |l| l.pids,
+        min: 1,
+        print: print_count,
+    },
+    LimitField {
+        flag: "disk",
+        get: |l| l.disk_bytes,
+        min: 64 << 10,
+        print: crate::units::format_size,
+    },
+    LimitField {
+        flag: "output",
+        get: |l| l.output_bytes,
+        min: 0,
+        print: crate::units::format_size,
+    },
+    LimitField {
+        flag: "open-files",
+        get: |l| l.open_files,
+        min: 8,
+        print: print_count,
+    },
+    LimitField {
+        flag: "file-size",
+        get: |l| l.file_size_bytes,
+        min: 0,
+        print: crate::units::format_size,
+    },
 ];
 
 impl Limits {
@@ -234,7 +274,10 @@ mod tests {
 
     #[test]
     fn defaults_are_within_the_default_maximum() {
-        assert_eq!(Limits::default().validate(&Limits::default_maximum()), Ok(()));
+        assert_eq!(
+            Limits::default().validate(&Limits::default_maximum()),
+            Ok(())
+        );
     }
 
     #[test]

@@ -95,8 +95,14 @@ pub fn supervise(watch: Watch<'_>, listener: Option<OwnedFd>, started: Instant) 
     let mut out = Outcome {
         exit: None,
         observed: Observed::default(),
-        stdout: Captured { open: true, ..Captured::default() },
-        stderr: Captured { open: true, ..Captured::default() },
+        stdout: Captured {
+            open: true,
+            ..Captured::default()
+        },
+        stderr: Captured {
+            open: true,
+            ..Captured::default()
+        },
         wall: Duration::ZERO,
         denied: BTreeMap::new(),
         reaped_cpu_us: 0,
@@ -129,7 +135,8 @@ pub fn supervise(watch: Watch<'_>, listener: Option<OwnedFd>, started: Instant) 
             } else if now >= next_cpu_check {
                 if let Some(cg) = watch.cgroup {
                     if let Ok(total) = cg.cpu_time_ns() {
-                        let used = Duration::from_nanos(total.saturating_sub(watch.cpu_baseline_ns));
+                        let used =
+                            Duration::from_nanos(total.saturating_sub(watch.cpu_baseline_ns));
                         if used >= watch.cpu_limit {
                             kill(&mut out.observed.cpu_time_exceeded, &mut killed);
                         } else {
@@ -154,24 +161,43 @@ pub fn supervise(watch: Watch<'_>, listener: Option<OwnedFd>, started: Instant) 
         } else {
             deadline.min(next_cpu_check.max(now))
         };
-        let timeout_ms = wake.saturating_duration_since(now).as_millis().min(i32::MAX as u128) as i32;
+        let timeout_ms = wake
+            .saturating_duration_since(now)
+            .as_millis()
+            .min(i32::MAX as u128) as i32;
 
         let mut fds = Vec::with_capacity(4);
         let mut roles = Vec::with_capacity(4);
         if sync_open {
-            fds.push(libc::pollfd { fd: watch.sync.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            fds.push(libc::pollfd {
+                fd: watch.sync.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
             roles.push(0);
         }
         if out.stdout.open {
-            fds.push(libc::pollfd { fd: watch.stdout.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            fds.push(libc::pollfd {
+                fd: watch.stdout.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
             roles.push(1);
         }
         if out.stderr.open {
-            fds.push(libc::pollfd { fd: watch.stderr.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            fds.push(libc::pollfd {
+                fd: watch.stderr.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
             roles.push(2);
         }
         if let (Some(n), true) = (&notifier, notify_open) {
-            fds.push(libc::pollfd { fd: n.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+            fds.push(libc::pollfd {
+                fd: n.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
             roles.push(3);
         }
         if crate::sys::poll(&mut fds, timeout_ms.max(0) + 1).is_err() {
@@ -212,8 +238,16 @@ pub fn supervise(watch: Watch<'_>, listener: Option<OwnedFd>, started: Instant) 
                     }
                 }
                 1 | 2 => {
-                    let cap = if *role == 1 { &mut out.stdout } else { &mut out.stderr };
-                    let fd = if *role == 1 { watch.stdout.as_fd() } else { watch.stderr.as_fd() };
+                    let cap = if *role == 1 {
+                        &mut out.stdout
+                    } else {
+                        &mut out.stderr
+                    };
+                    let fd = if *role == 1 {
+                        watch.stdout.as_fd()
+                    } else {
+                        watch.stderr.as_fd()
+                    };
                     if read_into(fd, cap, watch.output_limit) {
                         kill(&mut out.observed.output_exceeded, &mut killed);
                         // Stop reading: what came before the cut is kept.
@@ -232,7 +266,9 @@ pub fn supervise(watch: Watch<'_>, listener: Option<OwnedFd>, started: Instant) 
             }
         }
     }
-    out.wall = ended_at.unwrap_or_else(Instant::now).saturating_duration_since(started);
+    out.wall = ended_at
+        .unwrap_or_else(Instant::now)
+        .saturating_duration_since(started);
     if !killed {
         // Whatever is left (nothing, normally) dies with init.
         let _ = crate::sys::pidfd_kill(watch.init_pidfd, libc::SIGKILL);

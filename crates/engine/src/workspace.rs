@@ -52,6 +52,9 @@ pub struct SkippedFile {
     pub reason: String,
 }
 
+/// Runs a file-creating closure as the sandbox user (see [`copy_in`]).
+pub type AsSandboxUser<'a> = &'a dyn Fn(&mut dyn FnMut() -> io::Result<()>) -> io::Result<()>;
+
 /// Checks that a sandbox path is relative and made of normal components.
 pub fn validate_sandbox_path(path: &Path) -> Result<(), WorkspaceError> {
     let ok = !path.as_os_str().is_empty()
@@ -91,7 +94,11 @@ fn open_beneath(dir: BorrowedFd<'_>, path: &Path, flags: i32, mode: u32) -> io::
         .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let how = OpenHow {
         flags: (flags | libc::O_CLOEXEC) as u64,
-        mode: if flags & libc::O_CREAT != 0 { mode as u64 } else { 0 },
+        mode: if flags & libc::O_CREAT != 0 {
+            mode as u64
+        } else {
+            0
+        },
         resolve: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV,
     };
     // SAFETY: valid dir fd, C string and open_how of the size passed.
@@ -117,7 +124,9 @@ fn mkdir_all_beneath(dir: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     for part in path.components() {
         current.push(part);
         let parent = match current.parent() {
-            Some(p) if !p.as_os_str().is_empty() => open_beneath(dir, p, libc::O_PATH | libc::O_DIRECTORY, 0)?,
+            Some(p) if !p.as_os_str().is_empty() => {
+                open_beneath(dir, p, libc::O_PATH | libc::O_DIRECTORY, 0)?
+            }
             _ => open_beneath(dir, Path::new("."), libc::O_PATH | libc::O_DIRECTORY, 0)?,
         };
         let name = CString::new(part.as_os_str().as_bytes())
@@ -133,13 +142,23 @@ fn mkdir_all_beneath(dir: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
     Ok(())
 }
 
-fn write_new_file(dir: BorrowedFd<'_>, path: &Path, content: &mut dyn Read, mode: u32) -> io::Result<()> {
+fn write_new_file(
+    dir: BorrowedFd<'_>,
+    path: &Path,
+    content: &mut dyn Read,
+    mode: u32,
+) -> io::Result<()> {
     if let Some(parent) = path.parent() {
         if !parent.as_os_str().is_empty() {
             mkdir_all_beneath(dir, parent)?;
         }
     }
-    let fd = open_beneath(dir, path, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC, mode)?;
+    let fd = open_beneath(
+        dir,
+        path,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+        mode,
+    )?;
     let mut file = File::from(fd);
     io::copy(content, &mut file)?;
     file.set_permissions(std::fs::Permissions::from_mode(mode))?;
@@ -153,17 +172,19 @@ pub fn copy_in(
     dir: BorrowedFd<'_>,
     files: &[InputFile],
     inline: &[InlineFile],
-    as_sandbox_user: &dyn Fn(&mut dyn FnMut() -> io::Result<()>) -> io::Result<()>,
+    as_sandbox_user: AsSandboxUser<'_>,
 ) -> Result<(), WorkspaceError> {
     for f in inline {
         validate_sandbox_path(&f.sandbox_path)?;
         let mode = if f.executable { 0o755 } else { 0o644 };
-        as_sandbox_user(&mut || write_new_file(dir, &f.sandbox_path, &mut f.content.as_slice(), mode))
-            .map_err(|source| WorkspaceError::WriteSandbox {
-                path: f.sandbox_path.clone(),
-                hint: hint_for(&source),
-                source,
-            })?;
+        as_sandbox_user(&mut || {
+            write_new_file(dir, &f.sandbox_path, &mut f.content.as_slice(), mode)
+        })
+        .map_err(|source| WorkspaceError::WriteSandbox {
+            path: f.sandbox_path.clone(),
+            hint: hint_for(&source),
+            source,
+        })?;
     }
     for f in files {
         validate_sandbox_path(&f.sandbox_path)?;
@@ -176,7 +197,7 @@ fn copy_host_path(
     dir: BorrowedFd<'_>,
     host: &Path,
     inside: &Path,
-    as_sandbox_user: &dyn Fn(&mut dyn FnMut() -> io::Result<()>) -> io::Result<()>,
+    as_sandbox_user: AsSandboxUser<'_>,
     depth: usize,
 ) -> Result<(), WorkspaceError> {
     let read_err = |source| WorkspaceError::ReadInput {
@@ -198,7 +219,11 @@ fn copy_host_path(
     .map_err(read_err)?;
     if meta.is_file() {
         let mut source = File::open(host).map_err(read_err)?;
-        let mode = if meta.mode() & 0o111 != 0 { 0o755 } else { 0o644 };
+        let mode = if meta.mode() & 0o111 != 0 {
+            0o755
+        } else {
+            0o644
+        };
         as_sandbox_user(&mut || write_new_file(dir, inside, &mut source, mode)).map_err(write_err)
     } else if meta.is_dir() {
         if depth > MAX_DEPTH {
@@ -236,7 +261,8 @@ fn copy_host_path(
                 open_beneath(dir, parent, libc::O_PATH | libc::O_DIRECTORY, 0)?
             };
             // SAFETY: valid fd and C strings.
-            if unsafe { libc::symlinkat(target.as_ptr(), parent_fd.as_raw_fd(), name.as_ptr()) } < 0 {
+            if unsafe { libc::symlinkat(target.as_ptr(), parent_fd.as_raw_fd(), name.as_ptr()) } < 0
+            {
                 return Err(io::Error::last_os_error());
             }
             Ok(())
@@ -262,7 +288,9 @@ fn match_components(pat: &[&str], parts: &[&str]) -> bool {
         None => parts.is_empty(),
         Some((&"**", rest)) => (0..=parts.len()).any(|skip| match_components(rest, &parts[skip..])),
         Some((first, rest)) => match parts.split_first() {
-            Some((part, more)) => match_one(first.as_bytes(), part.as_bytes()) && match_components(rest, more),
+            Some((part, more)) => {
+                match_one(first.as_bytes(), part.as_bytes()) && match_components(rest, more)
+            }
             None => false,
         },
     }
@@ -286,12 +314,12 @@ pub fn copy_out(
 ) -> Result<(Vec<CollectedFile>, Vec<SkippedFile>), WorkspaceError> {
     let mut found = Vec::new();
     let mut scanned = 0usize;
-    let root = open_beneath(dir, Path::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(|source| {
-        WorkspaceError::WriteOutput {
+    let root = open_beneath(dir, Path::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0).map_err(
+        |source| WorkspaceError::WriteOutput {
             path: spec.host_dir.clone(),
             source,
-        }
-    })?;
+        },
+    )?;
     walk(root.as_fd(), "", 0, &mut scanned, &mut |rel| {
         if spec.patterns.iter().any(|p| glob_match(p, rel)) {
             found.push(rel.to_string());
@@ -321,7 +349,12 @@ pub fn copy_out(
             });
             continue;
         }
-        let source = match open_beneath(dir, Path::new(&rel), libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK, 0) {
+        let source = match open_beneath(
+            dir,
+            Path::new(&rel),
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK,
+            0,
+        ) {
             Ok(fd) => File::from(fd),
             Err(e) => {
                 skipped.push(SkippedFile {
@@ -334,18 +367,27 @@ pub fn copy_out(
         let meta = match source.metadata() {
             Ok(m) => m,
             Err(e) => {
-                skipped.push(SkippedFile { path: rel, reason: format!("cannot stat it: {e}") });
+                skipped.push(SkippedFile {
+                    path: rel,
+                    reason: format!("cannot stat it: {e}"),
+                });
                 continue;
             }
         };
         if !meta.is_file() {
-            skipped.push(SkippedFile { path: rel, reason: "not a regular file".into() });
+            skipped.push(SkippedFile {
+                path: rel,
+                reason: "not a regular file".into(),
+            });
             continue;
         }
         if total + meta.len() > spec.max_total_bytes {
             skipped.push(SkippedFile {
                 path: rel,
-                reason: format!("would pass the {}-byte total for output files", spec.max_total_bytes),
+                reason: format!(
+                    "would pass the {}-byte total for output files",
+                    spec.max_total_bytes
+                ),
             });
             continue;
         }
@@ -356,7 +398,12 @@ pub fn copy_out(
                     mkdir_all_beneath(out_dir.as_fd(), parent)?;
                 }
             }
-            let fd = open_beneath(out_dir.as_fd(), rel_path, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW, 0o644)?;
+            let fd = open_beneath(
+                out_dir.as_fd(),
+                rel_path,
+                libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_NOFOLLOW,
+                0o644,
+            )?;
             let mut dest = File::from(fd);
             // Copy at most the size seen: a file cannot grow now, but stay bounded.
             let n = io::copy(&mut source.take(meta.len()), &mut dest)?;
@@ -375,7 +422,13 @@ pub fn copy_out(
 
 /// Walks directories beneath `dir` without following links, calling `visit`
 /// with each non-directory's relative path. Bounded in depth and entries.
-fn walk(dir: BorrowedFd<'_>, prefix: &str, depth: usize, scanned: &mut usize, visit: &mut dyn FnMut(&str)) {
+fn walk(
+    dir: BorrowedFd<'_>,
+    prefix: &str,
+    depth: usize,
+    scanned: &mut usize,
+    visit: &mut dyn FnMut(&str),
+) {
     if depth > MAX_DEPTH {
         return;
     }
@@ -412,12 +465,20 @@ fn walk(dir: BorrowedFd<'_>, prefix: &str, depth: usize, scanned: &mut usize, vi
         }
         // SAFETY: entry is valid until the next readdir.
         let is_dir = unsafe { (*entry).d_type } == libc::DT_DIR;
-        names.push((String::from_utf8_lossy(bytes).into_owned(), bytes.to_vec(), is_dir));
+        names.push((
+            String::from_utf8_lossy(bytes).into_owned(),
+            bytes.to_vec(),
+            is_dir,
+        ));
     }
     // SAFETY: closes the stream and the dup it owns.
     unsafe { libc::closedir(stream) };
     for (display, raw, is_dir) in names {
-        let rel = if prefix.is_empty() { display.clone() } else { format!("{prefix}/{display}") };
+        let rel = if prefix.is_empty() {
+            display.clone()
+        } else {
+            format!("{prefix}/{display}")
+        };
         if is_dir {
             let Ok(c) = CString::new(raw) else { continue };
             // SAFETY: valid dir fd and C string; O_NOFOLLOW refuses links.
@@ -492,12 +553,20 @@ mod tests {
             &direct,
         )
         .expect("copy in");
-        assert_eq!(std::fs::read(sandbox.path().join("in/sub/a.txt")).expect("read"), b"hello");
-        assert_eq!(std::fs::read(sandbox.path().join("main.py")).expect("read"), b"print(1)");
+        assert_eq!(
+            std::fs::read(sandbox.path().join("in/sub/a.txt")).expect("read"),
+            b"hello"
+        );
+        assert_eq!(
+            std::fs::read(sandbox.path().join("main.py")).expect("read"),
+            b"print(1)"
+        );
 
         // A planted symlink to a host file, and a FIFO: neither is copied.
-        std::os::unix::fs::symlink(host.path().join("secret"), sandbox.path().join("leak.txt")).expect("symlink");
-        let fifo = CString::new(sandbox.path().join("fifo.txt").as_os_str().as_bytes()).expect("cstring");
+        std::os::unix::fs::symlink(host.path().join("secret"), sandbox.path().join("leak.txt"))
+            .expect("symlink");
+        let fifo =
+            CString::new(sandbox.path().join("fifo.txt").as_os_str().as_bytes()).expect("cstring");
         // SAFETY: valid C string.
         assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
         let out = tempfile::tempdir().expect("tempdir");
@@ -508,7 +577,13 @@ mod tests {
             max_total_bytes: 1 << 20,
         };
         let (files, skipped) = copy_out(dir.as_fd(), &spec).expect("copy out");
-        assert_eq!(files, vec![CollectedFile { path: "in/sub/a.txt".into(), size: 5 }]);
+        assert_eq!(
+            files,
+            vec![CollectedFile {
+                path: "in/sub/a.txt".into(),
+                size: 5
+            }]
+        );
         assert_eq!(skipped.len(), 2, "{skipped:?}");
         assert!(!out.path().join("collected/leak.txt").exists());
     }
@@ -517,7 +592,8 @@ mod tests {
     fn copy_out_respects_count_and_byte_bounds() {
         let sandbox = tempfile::tempdir().expect("tempdir");
         for i in 0..5 {
-            std::fs::write(sandbox.path().join(format!("f{i}.out")), vec![b'x'; 100]).expect("write");
+            std::fs::write(sandbox.path().join(format!("f{i}.out")), vec![b'x'; 100])
+                .expect("write");
         }
         let dir = File::open(sandbox.path()).expect("open");
         let out = tempfile::tempdir().expect("tempdir");
