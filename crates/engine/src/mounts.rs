@@ -19,9 +19,6 @@ use std::path::{Component, Path, PathBuf};
 /// Where the new root is assembled. The mount namespace is private by then,
 /// so mounting over the host's /tmp there is invisible to the host.
 const BUILD_ROOT: &str = "/tmp";
-/// Where the writable tmpfs is mounted while its parts are bound into place;
-/// detached again before pivot_root.
-const RW_STAGE: &str = "/.rw";
 
 /// The sandbox user's uid and gid inside the sandbox.
 pub const SANDBOX_ID: u32 = 1000;
@@ -61,7 +58,6 @@ const MASKED_PROC_DIRS: &[&str] = &[
     "/proc/fs",
     "/proc/irq",
     "/proc/scsi",
-    "/proc/sys",
     "/proc/sysvipc",
     "/proc/tty",
 ];
@@ -134,9 +130,13 @@ pub enum MountOp {
     Touch {
         path: CString,
     },
-    /// Recursive bind, then read-only, nosuid, nodev (recursively).
+    /// Recursive bind of a host path; made read-only by `SealReadOnly`.
     BindReadOnly {
         source: CString,
+        target: CString,
+    },
+    /// Read-only, nosuid and nodev on `target` and every mount below it.
+    SealReadOnly {
         target: CString,
     },
     /// A device file: bind, then nosuid and noexec (not nodev: it is a device).
@@ -175,9 +175,6 @@ pub enum MountOp {
     },
     Detach {
         target: CString,
-    },
-    Rmdir {
-        path: CString,
     },
 }
 
@@ -365,16 +362,12 @@ impl MountPlan {
             }
         }
 
-        // /dev: device binds and the standard links.
+        // Every mount point the later steps need, created while the root
+        // tmpfs is still writable.
         b.mkdir_all(Path::new("/dev"))?;
         for dev in DEVICES {
-            let inside = Path::new("/dev").join(dev);
             b.ops.push(MountOp::Touch {
-                path: cstring(&Builder::at(&inside))?,
-            });
-            b.ops.push(MountOp::BindDevice {
-                source: cstr(&format!("/dev/{dev}")),
-                target: cstring(&Builder::at(&inside))?,
+                path: cstring(&Builder::at(&Path::new("/dev").join(dev)))?,
             });
         }
         for (name, target) in [
@@ -388,29 +381,30 @@ impl MountPlan {
                 path: cstring(&Builder::at(&Path::new("/dev").join(name)))?,
             });
         }
-        b.mkdir_all(Path::new("/dev/shm"))?;
-        b.mkdir_all(Path::new("/dev/pts"))?;
-
-        // /proc, then the masks over it.
-        b.mkdir_all(Path::new("/proc"))?;
-        b.ops.push(MountOp::Proc {
-            target: cstring(&Builder::at(Path::new("/proc")))?,
-        });
-        for file in MASKED_PROC_FILES {
-            b.ops.push(MountOp::MaskFile {
-                target: cstring(&Builder::at(Path::new(file)))?,
-            });
+        for dir in ["/dev/shm", "/proc", "/sandbox", "/tmp"] {
+            b.mkdir_all(Path::new(dir))?;
         }
-        for dir in MASKED_PROC_DIRS {
-            b.ops.push(MountOp::MaskDir {
-                target: cstring(&Builder::at(Path::new(dir)))?,
+
+        // One recursive step makes the root and every host bind read-only,
+        // nosuid and nodev. What follows is mounted after it on purpose:
+        // devices must not be nodev, the writable tmpfs must stay writable.
+        b.ops.push(MountOp::SealReadOnly {
+            target: cstr(BUILD_ROOT),
+        });
+
+        for dev in DEVICES {
+            b.ops.push(MountOp::BindDevice {
+                source: cstr(&format!("/dev/{dev}")),
+                target: cstring(&Builder::at(&Path::new("/dev").join(dev)))?,
             });
         }
 
         // The writable tmpfs: one filesystem, so one size limit covers
-        // /sandbox, /tmp and /dev/shm together.
-        let stage = Builder::at(Path::new(RW_STAGE));
-        b.mkdir_all(Path::new(RW_STAGE))?;
+        // /sandbox, /tmp and /dev/shm together. It is staged on the /proc
+        // mount point (an existing, still empty directory), its parts bound
+        // into place, and the staging mount detached before /proc arrives.
+        // Binds keep the tmpfs's nosuid and nodev.
+        let stage = Builder::at(Path::new("/proc"));
         let inodes = (disk_bytes / 1024).clamp(1024, 1 << 20);
         b.ops.push(MountOp::Tmpfs {
             target: cstring(&stage)?,
@@ -436,7 +430,6 @@ impl MountPlan {
                     id: SANDBOX_ID,
                 });
             }
-            b.mkdir_all(Path::new(inside))?;
             b.ops.push(MountOp::BindWritable {
                 source: cstring(&source)?,
                 target: cstring(&Builder::at(Path::new(inside)))?,
@@ -445,9 +438,21 @@ impl MountPlan {
         b.ops.push(MountOp::Detach {
             target: cstring(&stage)?,
         });
-        b.ops.push(MountOp::Rmdir {
-            path: cstring(&stage)?,
+
+        // /proc, then the masks over it.
+        b.ops.push(MountOp::Proc {
+            target: cstring(&Builder::at(Path::new("/proc")))?,
         });
+        for file in MASKED_PROC_FILES {
+            b.ops.push(MountOp::MaskFile {
+                target: cstring(&Builder::at(Path::new(file)))?,
+            });
+        }
+        for dir in MASKED_PROC_DIRS {
+            b.ops.push(MountOp::MaskDir {
+                target: cstring(&Builder::at(Path::new(dir)))?,
+            });
+        }
         Ok(MountPlan {
             build_root: cstr(BUILD_ROOT),
             ops: b.ops,
@@ -627,10 +632,12 @@ fn apply_op(op: &MountOp) -> Result<(), ChildFailure> {
         }
         MountOp::BindReadOnly { source, target } => {
             bind(source, target, "bind a read-only host path")?;
+        }
+        MountOp::SealReadOnly { target } => {
             set_mount_attrs(
                 target,
                 MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-                "make a host path read-only",
+                "make the root and host paths read-only",
             )?;
         }
         MountOp::BindDevice { source, target } => {
@@ -643,11 +650,6 @@ fn apply_op(op: &MountOp) -> Result<(), ChildFailure> {
         }
         MountOp::BindWritable { source, target } => {
             bind(source, target, "bind a writable directory")?;
-            set_mount_attrs(
-                target,
-                MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-                "restrict a writable mount",
-            )?;
         }
         MountOp::Tmpfs { target, options } => {
             check_int(
@@ -722,19 +724,12 @@ fn apply_op(op: &MountOp) -> Result<(), ChildFailure> {
                 "detach the writable staging mount",
             )?;
         }
-        MountOp::Rmdir { path } => {
-            check_int(
-                // SAFETY: valid C string.
-                unsafe { libc::rmdir(path.as_ptr()) },
-                "remove the staging directory",
-            )?;
-        }
     }
     Ok(())
 }
 
-/// Switches the root to the assembled tree, detaches the host's root, and
-/// makes the new root itself read-only. Runs in the sandbox's init.
+/// Switches the root to the assembled tree (already read-only: see
+/// `SealReadOnly`) and detaches the host's root. Runs in the sandbox's init.
 pub fn pivot_into_root() -> Result<(), ChildFailure> {
     // SAFETY: constant C strings. pivot_root(".", ".") stacks the old root
     // on top of the new one; the detach below removes it.
@@ -749,20 +744,6 @@ pub fn pivot_into_root() -> Result<(), ChildFailure> {
             "detach the host's root",
         )?;
         check_int(libc::chdir(c"/".as_ptr()), "enter /")?;
-        check_int(
-            libc::mount(
-                std::ptr::null(),
-                c"/".as_ptr(),
-                std::ptr::null(),
-                libc::MS_REMOUNT
-                    | libc::MS_BIND
-                    | libc::MS_RDONLY
-                    | libc::MS_NOSUID
-                    | libc::MS_NODEV,
-                std::ptr::null(),
-            ),
-            "make the root read-only",
-        )?;
     }
     Ok(())
 }
@@ -830,10 +811,10 @@ mod tests {
                 .any(|p| p.starts_with("MaskFile") && p.contains(masked)));
         }
         // No writable bind of a host path: every BindWritable source is in
-        // the staging tmpfs.
+        // the staging tmpfs (mounted on the /proc mount point).
         for op in plan.ops() {
             if let MountOp::BindWritable { source, .. } = op {
-                assert!(source.to_bytes().starts_with(b"/tmp/.rw/"), "{source:?}");
+                assert!(source.to_bytes().starts_with(b"/tmp/proc/"), "{source:?}");
             }
         }
         // Each directory is created once.
