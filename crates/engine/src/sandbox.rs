@@ -105,7 +105,11 @@ impl Engine {
             DenyMode::Errno
         };
         let filter = policy.compile(seccomp::Arch::native(), mode)?;
-        let cgroups = HostCgroups::detect().ok().filter(|h| h.version().is_some());
+        // Only a cgroup tree this process may create children in counts
+        // (rootless without delegation sees the tree but cannot use it).
+        let cgroups = HostCgroups::detect()
+            .ok()
+            .filter(|h| h.version().is_some() && h.report().can_create);
         let facts = HostFacts {
             rootless,
             cgroups,
