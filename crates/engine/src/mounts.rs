@@ -12,13 +12,18 @@
 use crate::child_error::{check, check_int, last_errno, ChildFailure};
 use crate::spec::ReadOnlyPath;
 use std::collections::BTreeSet;
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
-/// Where the new root is assembled. The mount namespace is private by then,
-/// so mounting over the host's /tmp there is invisible to the host.
-const BUILD_ROOT: &str = "/tmp";
+/// The host directory the new root's tmpfs is first mounted on. The mount
+/// namespace is private by then, so this is invisible to the host, and
+/// pivot_root moves the tmpfs off it at once (so host paths under /tmp can
+/// still be bound).
+const BUILD_ROOT: &CStr = c"/tmp";
+/// Where the host's root stays reachable while the new root is assembled
+/// (the binds take their sources from it); detached before the seal.
+const OLD_ROOT: &str = "/.oldroot";
 
 /// The sandbox user's uid and gid inside the sandbox.
 pub const SANDBOX_ID: u32 = 1000;
@@ -139,9 +144,14 @@ pub enum MountOp {
     SealReadOnly {
         target: CString,
     },
-    /// A device file: bind, then nosuid and noexec (not nodev: it is a device).
-    BindDevice {
-        source: CString,
+    /// A sealed device bind made usable again: nodev and read-only
+    /// cleared, nosuid and noexec set.
+    UnsealDevice {
+        target: CString,
+    },
+    /// A sealed bind of the writable tmpfs made writable again (it keeps
+    /// nosuid and nodev).
+    UnsealWritable {
         target: CString,
     },
     /// Bind within the build root, writable, nosuid, nodev.
@@ -176,12 +186,14 @@ pub enum MountOp {
     Detach {
         target: CString,
     },
+    Rmdir {
+        path: CString,
+    },
 }
 
 /// Every step to build the sandbox's root, prepared ahead of the clone.
 #[derive(Debug)]
 pub struct MountPlan {
-    build_root: CString,
     ops: Vec<MountOp>,
 }
 
@@ -218,9 +230,15 @@ struct Builder {
 }
 
 impl Builder {
+    /// A path in the new root (already pivoted into).
     fn at(path: &Path) -> PathBuf {
+        path.to_path_buf()
+    }
+
+    /// A host path, reached through the old root.
+    fn host(path: &Path) -> PathBuf {
         let rel = path.strip_prefix("/").unwrap_or(path);
-        Path::new(BUILD_ROOT).join(rel)
+        Path::new(OLD_ROOT).join(rel)
     }
 
     /// Creates `path` (absolute in the sandbox) and its missing parents.
@@ -295,7 +313,7 @@ impl Builder {
             });
         }
         self.ops.push(MountOp::BindReadOnly {
-            source: cstring(&entry.host)?,
+            source: cstring(&Self::host(&entry.host))?,
             target,
         });
         Ok(())
@@ -385,16 +403,11 @@ impl MountPlan {
             b.mkdir_all(Path::new(dir))?;
         }
 
-        // One recursive step makes the root and every host bind read-only,
-        // nosuid and nodev. What follows is mounted after it on purpose:
-        // devices must not be nodev, the writable tmpfs must stay writable.
-        b.ops.push(MountOp::SealReadOnly {
-            target: cstr(BUILD_ROOT),
-        });
-
+        // Devices are bound now, while the host's /dev is reachable; after
+        // the seal they get back the right to be devices (see below).
         for dev in DEVICES {
-            b.ops.push(MountOp::BindDevice {
-                source: cstr(&format!("/dev/{dev}")),
+            b.ops.push(MountOp::BindReadOnly {
+                source: cstring(&Builder::host(&Path::new("/dev").join(dev)))?,
                 target: cstring(&Builder::at(&Path::new("/dev").join(dev)))?,
             });
         }
@@ -403,7 +416,6 @@ impl MountPlan {
         // /sandbox, /tmp and /dev/shm together. It is staged on the /proc
         // mount point (an existing, still empty directory), its parts bound
         // into place, and the staging mount detached before /proc arrives.
-        // Binds keep the tmpfs's nosuid and nodev.
         let stage = Builder::at(Path::new("/proc"));
         let inodes = (disk_bytes / 1024).clamp(1024, 1 << 20);
         b.ops.push(MountOp::Tmpfs {
@@ -453,10 +465,32 @@ impl MountPlan {
                 target: cstring(&Builder::at(Path::new(dir)))?,
             });
         }
-        Ok(MountPlan {
-            build_root: cstr(BUILD_ROOT),
-            ops: b.ops,
-        })
+
+        // The host's root goes away; only what was bound stays. (Not
+        // earlier: the kernel mounts a new /proc only where a full one is
+        // visible.)
+        b.ops.push(MountOp::Detach {
+            target: cstr(OLD_ROOT),
+        });
+        b.ops.push(MountOp::Rmdir {
+            path: cstr(OLD_ROOT),
+        });
+
+        // One recursive step makes the root, every host bind, /proc and its
+        // masks read-only, nosuid and nodev. Then the few mounts that must
+        // differ get their rights back: devices may be devices, and the
+        // writable tmpfs is writable.
+        b.ops.push(MountOp::SealReadOnly { target: cstr("/") });
+        for dev in DEVICES {
+            b.ops.push(MountOp::UnsealDevice {
+                target: cstring(&Builder::at(&Path::new("/dev").join(dev)))?,
+            });
+        }
+        for dir in ["/sandbox", "/tmp", "/dev/shm"] {
+            b.ops.push(MountOp::UnsealWritable { target: cstr(dir) });
+        }
+
+        Ok(MountPlan { ops: b.ops })
     }
 
     /// The steps, for tests and for `formicary check`.
@@ -482,19 +516,33 @@ impl MountPlan {
             },
             "make mounts private",
         )?;
-        check_int(
-            // SAFETY: as above.
-            unsafe {
+        // SAFETY: constant C strings. The tmpfs becomes the root at once;
+        // the host's root stays reachable at OLD_ROOT for the binds.
+        unsafe {
+            check_int(
                 libc::mount(
                     c"tmpfs".as_ptr(),
-                    self.build_root.as_ptr(),
+                    BUILD_ROOT.as_ptr(),
                     c"tmpfs".as_ptr(),
                     libc::MS_NOSUID | libc::MS_NODEV,
                     c"size=1m,nr_inodes=4096,mode=0755".as_ptr().cast(),
-                )
-            },
-            "mount root tmpfs",
-        )?;
+                ),
+                "mount the root tmpfs",
+            )?;
+            check_int(
+                libc::mkdir(c"/tmp/.oldroot".as_ptr(), 0o700),
+                "create the old root's mount point",
+            )?;
+            check(
+                libc::syscall(
+                    libc::SYS_pivot_root,
+                    BUILD_ROOT.as_ptr(),
+                    c"/tmp/.oldroot".as_ptr(),
+                ),
+                "pivot_root",
+            )?;
+            check_int(libc::chdir(c"/".as_ptr()), "enter the new root")?;
+        }
         for op in &self.ops {
             apply_op(op)?;
         }
@@ -502,10 +550,12 @@ impl MountPlan {
     }
 }
 
-/// mount_setattr(2) with `attr_set` on `target` and everything below it.
+/// mount_setattr(2): `attr_set` set and `attr_clr` cleared on `target` and
+/// everything below it.
 fn set_mount_attrs(
     target: &CString,
     attr_set: u64,
+    attr_clr: u64,
     step: &'static str,
 ) -> Result<(), ChildFailure> {
     #[repr(C)]
@@ -517,7 +567,7 @@ fn set_mount_attrs(
     }
     let attr = MountAttr {
         attr_set,
-        attr_clr: 0,
+        attr_clr,
         propagation: 0,
         userns_fd: 0,
     };
@@ -637,15 +687,24 @@ fn apply_op(op: &MountOp) -> Result<(), ChildFailure> {
             set_mount_attrs(
                 target,
                 MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                0,
                 "make the root and host paths read-only",
             )?;
         }
-        MountOp::BindDevice { source, target } => {
-            bind(source, target, "bind a device into /dev")?;
+        MountOp::UnsealWritable { target } => {
+            set_mount_attrs(
+                target,
+                MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                MOUNT_ATTR_RDONLY,
+                "make a writable directory writable again",
+            )?;
+        }
+        MountOp::UnsealDevice { target } => {
             set_mount_attrs(
                 target,
                 MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC,
-                "restrict a device mount",
+                MOUNT_ATTR_NODEV | MOUNT_ATTR_RDONLY,
+                "make a /dev entry a usable device again",
             )?;
         }
         MountOp::BindWritable { source, target } => {
@@ -717,6 +776,13 @@ fn apply_op(op: &MountOp) -> Result<(), ChildFailure> {
                 "set a writable directory's mode",
             )?;
         }
+        MountOp::Rmdir { path } => {
+            // SAFETY: valid C string.
+            check_int(
+                unsafe { libc::rmdir(path.as_ptr()) },
+                "remove the old root's mount point",
+            )?;
+        }
         MountOp::Detach { target } => {
             check_int(
                 // SAFETY: valid C string.
@@ -724,26 +790,6 @@ fn apply_op(op: &MountOp) -> Result<(), ChildFailure> {
                 "detach the writable staging mount",
             )?;
         }
-    }
-    Ok(())
-}
-
-/// Switches the root to the assembled tree (already read-only: see
-/// `SealReadOnly`) and detaches the host's root. Runs in the sandbox's init.
-pub fn pivot_into_root() -> Result<(), ChildFailure> {
-    // SAFETY: constant C strings. pivot_root(".", ".") stacks the old root
-    // on top of the new one; the detach below removes it.
-    unsafe {
-        check_int(libc::chdir(c"/tmp".as_ptr()), "enter the new root")?;
-        check(
-            libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()),
-            "pivot_root",
-        )?;
-        check_int(
-            libc::umount2(c".".as_ptr(), libc::MNT_DETACH),
-            "detach the host's root",
-        )?;
-        check_int(libc::chdir(c"/".as_ptr()), "enter /")?;
     }
     Ok(())
 }
@@ -799,13 +845,9 @@ mod tests {
         let ops = paths(&plan);
         assert!(ops
             .iter()
-            .any(|p| p.starts_with("BindReadOnly") && p.contains("\"/usr\"")));
+            .any(|p| p.starts_with("BindReadOnly") && p.contains("\"/.oldroot/usr\"")));
         assert!(ops.iter().any(|p| p.contains("size=67108864")));
-        for masked in [
-            "/tmp/proc/kcore",
-            "/tmp/proc/sysrq-trigger",
-            "/tmp/proc/kallsyms",
-        ] {
+        for masked in ["/proc/keys", "/proc/timer_list", "/proc/kallsyms"] {
             assert!(ops
                 .iter()
                 .any(|p| p.starts_with("MaskFile") && p.contains(masked)));
@@ -814,7 +856,7 @@ mod tests {
         // the staging tmpfs (mounted on the /proc mount point).
         for op in plan.ops() {
             if let MountOp::BindWritable { source, .. } = op {
-                assert!(source.to_bytes().starts_with(b"/tmp/proc/"), "{source:?}");
+                assert!(source.to_bytes().starts_with(b"/proc/"), "{source:?}");
             }
         }
         // Each directory is created once.

@@ -153,6 +153,9 @@ pub struct Observed {
     pub pids_limit_reached: bool,
     /// The writable filesystem was full when the run ended.
     pub disk_full: bool,
+    /// A process died of SIGXFSZ, or a file in /sandbox reached the
+    /// file-size limit (RLIMIT_FSIZE stops writes exactly there).
+    pub file_size_exceeded: bool,
 }
 
 /// Decides a run's status and the limits it hit. The supervisor's own kills
@@ -176,6 +179,9 @@ pub fn classify(exit: Option<Exit>, seen: &Observed) -> (Status, Vec<LimitKind>)
     }
     if seen.disk_full {
         hit.push(LimitKind::Disk);
+    }
+    if seen.file_size_exceeded {
+        hit.push(LimitKind::FileSize);
     }
     if let Some(Exit::Signal(sig)) = exit {
         if sig == libc::SIGXFSZ {
@@ -284,6 +290,18 @@ mod tests {
         assert_eq!(
             classify(Some(Exit::Signal(libc::SIGXCPU)), &seen),
             (Status::CpuTimeExceeded, vec![LimitKind::CpuTime])
+        );
+    }
+
+    #[test]
+    fn a_file_at_the_size_limit_is_reported_even_when_the_shell_survived() {
+        let seen = Observed {
+            file_size_exceeded: true,
+            ..Observed::default()
+        };
+        assert_eq!(
+            classify(Some(Exit::Code(153)), &seen),
+            (Status::RuntimeError, vec![LimitKind::FileSize])
         );
     }
 

@@ -385,6 +385,12 @@ impl Engine {
         if let Ok((free_blocks, free_inodes)) = crate::sys::free_space(sandbox_dir.as_fd()) {
             observed.disk_full = free_blocks == 0 || free_inodes == 0;
         }
+        if !observed.file_size_exceeded && spec.limits.file_size_bytes < spec.limits.disk_bytes {
+            observed.file_size_exceeded = crate::workspace::any_file_at_least(
+                sandbox_dir.as_fd(),
+                spec.limits.file_size_bytes,
+            );
+        }
         if let Some(errno) = outcome.exec_errno {
             let code = if errno == libc::ENOENT { 127 } else { 126 };
             let mut r = setup_failure(

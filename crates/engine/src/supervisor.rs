@@ -227,6 +227,9 @@ pub fn supervise(watch: Watch<'_>, listener: Option<OwnedFd>, started: Instant) 
                                         });
                                         out.reaped_cpu_us = m.cpu_us;
                                         out.reaped_max_rss_kb = m.max_rss_kb;
+                                        let xfsz = 1u64 << libc::SIGXFSZ;
+                                        out.observed.file_size_exceeded |=
+                                            m.signals_seen & xfsz != 0;
                                         ended_at.get_or_insert_with(Instant::now);
                                     }
                                     Message::EXEC_FAILED => out.exec_errno = Some(m.errno),

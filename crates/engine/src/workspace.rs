@@ -420,6 +420,38 @@ pub fn copy_out(
     Ok((collected, skipped))
 }
 
+/// Whether any regular file beneath `dir` is at least `size` bytes: a file
+/// stopped by RLIMIT_FSIZE ends exactly at the limit.
+pub fn any_file_at_least(dir: BorrowedFd<'_>, size: u64) -> bool {
+    let mut found = false;
+    let mut scanned = 0usize;
+    let Ok(root) = open_beneath(dir, Path::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0) else {
+        return false;
+    };
+    walk(root.as_fd(), "", 0, &mut scanned, &mut |rel| {
+        if found {
+            return;
+        }
+        let Ok(c) = CString::new(rel) else { return };
+        // SAFETY: an all-zero stat is valid for the kernel to fill.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: valid fd, C string and pointer; AT_SYMLINK_NOFOLLOW never
+        // follows a planted link.
+        let r = unsafe {
+            libc::fstatat(
+                root.as_raw_fd(),
+                c.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if r == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFREG && st.st_size as u64 >= size {
+            found = true;
+        }
+    });
+    found
+}
+
 /// Walks directories beneath `dir` without following links, calling `visit`
 /// with each non-directory's relative path. Bounded in depth and entries.
 fn walk(
