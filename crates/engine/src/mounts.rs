@@ -777,8 +777,8 @@ fn apply_op(op: &MountOp) -> Result<(), ChildFailure> {
             )?;
         }
         MountOp::Rmdir { path } => {
-            // SAFETY: valid C string.
             check_int(
+                // SAFETY: valid C string.
                 unsafe { libc::rmdir(path.as_ptr()) },
                 "remove the old root's mount point",
             )?;
