@@ -102,14 +102,13 @@ fn print_plain(result: &RunResult) {
 fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(args.config.as_deref())?;
     let report = formicary_engine::check::host_report(config);
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).context("cannot print the report")?
-        );
+    let text = if args.json {
+        serde_json::to_string_pretty(&report).context("cannot print the report")? + "\n"
     } else {
-        print!("{}", report.to_text());
-    }
+        report.to_text()
+    };
+    // A closed pipe (`formicary check | head`) is not an error worth a panic.
+    let _ = std::io::stdout().write_all(text.as_bytes());
     Ok(if report.ready {
         ExitCode::SUCCESS
     } else {

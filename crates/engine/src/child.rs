@@ -225,6 +225,40 @@ fn set_ids(clear_groups: bool) -> Result<(), ChildFailure> {
     Ok(())
 }
 
+/// `ip link set lo up`, with one ioctl: the sandbox gets a working
+/// loopback and nothing else.
+fn bring_up_loopback() -> Result<(), ChildFailure> {
+    /// struct ifreq, as far as SIOCSIFFLAGS reads it (40 bytes in all).
+    #[repr(C)]
+    struct IfreqFlags {
+        name: [u8; 16],
+        flags: libc::c_short,
+        _pad: [u8; 22],
+    }
+    const SIOCSIFFLAGS: libc::c_ulong = 0x8914;
+    let mut name = [0u8; 16];
+    name[..2].copy_from_slice(b"lo");
+    let request = IfreqFlags {
+        name,
+        flags: (libc::IFF_UP | libc::IFF_LOOPBACK | libc::IFF_RUNNING) as libc::c_short,
+        _pad: [0; 22],
+    };
+    // SAFETY: a plain socket; closed below.
+    let fd = check_int(
+        unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) },
+        "open a socket to set up loopback",
+    )?;
+    // SAFETY: `request` is a valid ifreq-sized buffer the kernel only reads.
+    let result = unsafe { libc::ioctl(fd, SIOCSIFFLAGS, &request as *const IfreqFlags) };
+    let failure = last_errno("bring up the loopback interface");
+    // SAFETY: our own descriptor.
+    unsafe { libc::close(fd) };
+    if result < 0 {
+        return Err(failure);
+    }
+    Ok(())
+}
+
 fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
     // 1. Die with the supervisor. (If it is already gone, the read below
     // sees EOF and we exit.)
@@ -254,7 +288,9 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
         "set the parent-death signal",
     )?;
 
-    // 4. Names and the filesystem.
+    // 4. Names, the loopback interface (the network namespace's only one,
+    // down until set up), and the filesystem.
+    bring_up_loopback()?;
     check_int(
         // SAFETY: constant string and its length.
         unsafe { libc::sethostname(c"sandbox".as_ptr(), 7) },

@@ -210,6 +210,9 @@ impl EngineConfig {
         })?;
         let mut config = EngineConfig::default();
         apply_limits(path, "max", &parsed.max, &mut config.max)?;
+        // A built-in default above a lowered maximum follows the maximum
+        // down; a default the operator wrote must fit (checked below).
+        config.defaults = config.defaults.lowered_to(&config.max);
         apply_limits(path, "limits", &parsed.limits, &mut config.defaults)?;
         config
             .defaults
@@ -305,6 +308,13 @@ mod tests {
         assert_eq!(c.defaults.wall_time_ms, 2500);
         assert_eq!(c.defaults.pids, 10);
         assert_eq!(c.max.memory_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn a_lowered_maximum_lowers_the_built_in_default() {
+        let c = parse("[max]\nmemory = \"128M\"\n").expect("valid");
+        assert_eq!(c.defaults.memory_bytes, 128 << 20);
+        assert_eq!(c.defaults.pids, Limits::default().pids);
     }
 
     #[test]

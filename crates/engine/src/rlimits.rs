@@ -6,7 +6,8 @@
 //! * `RLIMIT_NOFILE`: open file descriptors;
 //! * `RLIMIT_FSIZE`: the largest file a process may write (SIGXFSZ beyond);
 //! * `RLIMIT_CPU`: a backstop in case the supervisor's CPU accounting fails
-//!   to stop the run (soft = hard, so the kernel sends SIGKILL);
+//!   to stop the run (SIGXCPU at the soft limit, so the result can name
+//!   the limit; SIGKILL a second later at the hard limit);
 //! * `RLIMIT_CORE` = 0: no core dumps, which would write the program's
 //!   memory to disk.
 //!
@@ -15,7 +16,7 @@
 //! every process of the uid across the host; the cgroup's pids.max is the
 //! right tool).
 //!
-//! Every limit is set with soft = hard, so the program cannot raise it.
+//! Every other limit is set with soft = hard, so the program cannot raise it.
 
 use crate::child_error::ChildFailure;
 use crate::spec::Limits;
@@ -27,8 +28,10 @@ pub struct RlimitEntry {
     pub resource: libc::c_int,
     /// The step name reported if setting it fails.
     pub step: &'static str,
-    /// Soft and hard value (equal).
+    /// Soft value.
     pub value: u64,
+    /// Hard value (equal to `value` but for RLIMIT_CPU).
+    pub hard: u64,
 }
 
 /// The rlimits the child sets, prepared by the parent.
@@ -105,15 +108,22 @@ impl RlimitPlan {
             resource: 0,
             step: "",
             value: 0,
+            hard: 0,
         }; 4];
         for (entry, (resource, step, value)) in entries.iter_mut().zip(wanted) {
             // glibc types the resource as an unsigned enum; the numbers are small.
             let resource = resource as libc::c_int;
-            let hard = hard_limit(resource, step)?;
+            let parent_hard = hard_limit(resource, step)?;
+            let hard = if resource == libc::RLIMIT_CPU as libc::c_int {
+                value.saturating_add(1)
+            } else {
+                value
+            };
             *entry = RlimitEntry {
                 resource,
                 step,
-                value: value.min(hard),
+                value: value.min(parent_hard),
+                hard: hard.min(parent_hard),
             };
         }
         Ok(RlimitPlan { entries })
@@ -131,13 +141,13 @@ impl RlimitPlan {
         &self.entries
     }
 
-    /// Sets every limit on the calling process (soft = hard). Child side,
+    /// Sets every limit on the calling process. Child side,
     /// async-signal-safe.
     pub fn apply_in_child(&self) -> Result<(), ChildFailure> {
         for entry in &self.entries {
             let limit = libc::rlimit64 {
                 rlim_cur: entry.value,
-                rlim_max: entry.value,
+                rlim_max: entry.hard,
             };
             // SAFETY: pid 0 is the caller; `limit` is a live rlimit64 the
             // kernel only reads; the old-limit pointer is NULL.
@@ -241,7 +251,8 @@ mod tests {
             out
         });
         assert_eq!(report[0], 0, "apply_in_child or prlimit64 failed");
-        assert_eq!(&report[1..9], &[64, 64, 1 << 20, 1 << 20, 5, 5, 0, 0]);
+        // RLIMIT_CPU: SIGXCPU at 5 s, SIGKILL at 6 s.
+        assert_eq!(&report[1..9], &[64, 64, 1 << 20, 1 << 20, 5, 6, 0, 0]);
         assert_eq!(report[9], 0, "apply_in_child must not allocate");
         Ok(())
     }

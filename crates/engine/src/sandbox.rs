@@ -185,7 +185,7 @@ impl Engine {
                 "cannot enforce on this host: {}. {} Run `formicary check` for details, or pass --allow-degraded to run anyway.",
                 not_enforced.join(", "),
                 if self.facts.rootless {
-                    "Rootless runs need a delegated cgroup v2 subtree (e.g. systemd-run --user -p Delegate=yes) or root."
+                    "Rootless runs need a cgroup tree this user may create cgroups in, under [cgroup] parent (delegated cgroup v2 subtrees are not supported yet); or run as root."
                 } else {
                     "Mount the cgroup memory, pids and cpuacct controllers (v1) or a cgroup2 tree with them enabled."
                 }
@@ -259,9 +259,11 @@ impl Engine {
                     std::process::id(),
                     self.counter.fetch_add(1, Ordering::Relaxed)
                 );
+                // The sandbox's init is one of the cgroup's processes; the
+                // pids limit is the program's.
                 let limits = CgroupLimits {
                     memory_bytes: spec.limits.memory_bytes,
-                    pids: spec.limits.pids,
+                    pids: spec.limits.pids + 1,
                 };
                 Some(
                     host.create(&self.config.cgroup_parent, &name, &limits)
@@ -407,7 +409,15 @@ impl Engine {
                 strerror(*errno)
             ));
         }
-        let (status, limits_hit) = classify(outcome.exit, &observed);
+        // A run the supervisor ended never reports an exit: its init was
+        // SIGKILLed, and so was the program with it.
+        let supervisor_killed =
+            observed.wall_time_exceeded || observed.cpu_time_exceeded || observed.output_exceeded;
+        let exit = match outcome.exit {
+            None if supervisor_killed => Some(crate::result::Exit::Signal(libc::SIGKILL)),
+            other => other,
+        };
+        let (status, limits_hit) = classify(exit, &observed);
         let (files, skipped) = match &spec.outputs {
             Some(out) => {
                 crate::workspace::copy_out(sandbox_dir.as_fd(), out).map_err(|e| e.to_string())?
@@ -439,11 +449,11 @@ impl Engine {
         };
         Ok(RunResult {
             status,
-            exit_code: match outcome.exit {
+            exit_code: match exit {
                 Some(crate::result::Exit::Code(c)) => Some(c),
                 _ => None,
             },
-            signal: match outcome.exit {
+            signal: match exit {
                 Some(crate::result::Exit::Signal(s)) => Some(s),
                 _ => None,
             },

@@ -146,6 +146,20 @@ impl Limits {
         }
     }
 
+    /// Each limit, but no higher than in `max`.
+    pub fn lowered_to(&self, max: &Limits) -> Limits {
+        Limits {
+            wall_time_ms: self.wall_time_ms.min(max.wall_time_ms),
+            cpu_time_ms: self.cpu_time_ms.min(max.cpu_time_ms),
+            memory_bytes: self.memory_bytes.min(max.memory_bytes),
+            pids: self.pids.min(max.pids),
+            disk_bytes: self.disk_bytes.min(max.disk_bytes),
+            output_bytes: self.output_bytes.min(max.output_bytes),
+            open_files: self.open_files.min(max.open_files),
+            file_size_bytes: self.file_size_bytes.min(max.file_size_bytes),
+        }
+    }
+
     /// Checks every limit against `max` and against its sane minimum. A limit
     /// above the maximum is refused, never clamped.
     pub fn validate(&self, max: &Limits) -> Result<(), LimitError> {
