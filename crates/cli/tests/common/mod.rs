@@ -44,6 +44,8 @@ pub struct Run {
     pub json: Value,
     /// formicary's own stderr.
     pub stderr: String,
+    /// formicary's host pid (its cgroups are named `<pid>-<n>`).
+    pub pid: u32,
 }
 
 impl Run {
@@ -164,7 +166,7 @@ impl Exec {
 
     /// Runs with `--json` and parses the result.
     pub fn run(&self) -> Run {
-        let out = run_with_stdin(self.command(true), self.stdin.as_deref());
+        let (pid, out) = spawn_and_wait(self.command(true), self.stdin.as_deref());
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         let json: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
             panic!(
@@ -177,11 +179,16 @@ impl Exec {
             code: out.status.code().expect("formicary exited, not killed"),
             json,
             stderr,
+            pid,
         }
     }
 }
 
-fn run_with_stdin(mut cmd: Command, stdin: Option<&[u8]>) -> Output {
+fn run_with_stdin(cmd: Command, stdin: Option<&[u8]>) -> Output {
+    spawn_and_wait(cmd, stdin).1
+}
+
+fn spawn_and_wait(mut cmd: Command, stdin: Option<&[u8]>) -> (u32, Output) {
     use std::io::Write;
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd.stdin(if stdin.is_some() {
@@ -190,11 +197,12 @@ fn run_with_stdin(mut cmd: Command, stdin: Option<&[u8]>) -> Output {
         Stdio::null()
     });
     let mut child = cmd.spawn().expect("spawn formicary");
+    let pid = child.id();
     if let Some(data) = stdin {
         let mut pipe = child.stdin.take().expect("stdin is piped");
         pipe.write_all(data).expect("write formicary's stdin");
     }
-    child.wait_with_output().expect("wait for formicary")
+    (pid, child.wait_with_output().expect("wait for formicary"))
 }
 
 /// A scratch directory outside /tmp (the sandbox mounts its own /tmp, so a
@@ -237,6 +245,9 @@ pub struct Proc {
     pub pid: u32,
     pub ppid: u32,
     pub uid: u32,
+    /// A zombie has exited and holds nothing but its pid; it lingers only
+    /// until its parent (here possibly a host init that reaps lazily) waits.
+    pub zombie: bool,
 }
 
 /// Every process on the host, as far as /proc can be read.
@@ -259,18 +270,26 @@ pub fn host_processes() -> Vec<Proc> {
                 .and_then(|rest| rest.split_whitespace().next())
                 .and_then(|v| v.parse::<u32>().ok())
         };
+        let zombie = status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains("Z (zombie)"));
         if let (Some(ppid), Some(uid)) = (field("PPid:"), field("Uid:")) {
-            procs.push(Proc { pid, ppid, uid });
+            procs.push(Proc {
+                pid,
+                ppid,
+                uid,
+                zombie,
+            });
         }
     }
     procs
 }
 
-/// The processes running as host uid `uid`.
+/// The live (not zombie) processes of host uid `uid`.
 pub fn processes_of_uid(uid: u32) -> Vec<Proc> {
     host_processes()
         .into_iter()
-        .filter(|p| p.uid == uid)
+        .filter(|p| p.uid == uid && !p.zombie)
         .collect()
 }
 
