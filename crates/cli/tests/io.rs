@@ -223,3 +223,17 @@ fn partial_output_of_a_timed_out_run_is_kept() {
     assert_eq!(r.stdout(), "before\n");
     assert_eq!(r.stderr_of_program(), "err-before\n");
 }
+
+#[test]
+fn output_written_just_before_exit_is_complete() {
+    require_root!();
+    let r = exec(&[
+        "/usr/bin/python3",
+        "-c",
+        "import sys; sys.stdout.write('y' * 900000)",
+    ])
+    .run();
+    assert_eq!(r.status(), "ok");
+    assert_eq!(r.stdout().len(), 900_000);
+    assert_eq!(r.json["stdout_truncated"], false);
+}
