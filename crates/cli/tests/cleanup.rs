@@ -1,0 +1,144 @@
+//! Nothing outlives a run: cgroups, processes of the sandbox's host uid,
+//! and mounts, whether the run ended normally, by a limit, or because
+//! formicary itself was killed.
+
+mod common;
+
+use common::{exec, python, sh, BIN};
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const HIERARCHIES: [&str; 3] = ["memory", "pids", "cpuacct"];
+
+/// The cgroups named after formicary process `pid` in any hierarchy.
+fn cgroups_of(pid: u32) -> Vec<String> {
+    let prefix = format!("{pid}-");
+    let mut found = Vec::new();
+    for h in HIERARCHIES {
+        let parent = Path::new("/sys/fs/cgroup").join(h).join("formicary");
+        let Ok(entries) = std::fs::read_dir(&parent) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) && e.path().is_dir() {
+                found.push(format!("{h}/formicary/{name}"));
+            }
+        }
+    }
+    found
+}
+
+fn host_mounts() -> BTreeSet<String> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .expect("read mountinfo")
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn in_sandbox_range(uid: u32) -> bool {
+    (common::UID_BASE..common::UID_BASE + common::UID_COUNT).contains(&uid)
+}
+
+#[test]
+fn fifty_mixed_runs_leave_no_cgroups_processes_or_mounts() {
+    require_root!();
+    let mounts_before = host_mounts();
+    let mut pids = Vec::new();
+    let mut uids = BTreeSet::new();
+    for i in 0..50 {
+        let run = match i % 5 {
+            0 | 1 => exec(&["true"]).run(),
+            2 => exec(&["sleep", "100"]).flags(&["--wall-time", "0.2"]).run(),
+            3 => python("b = bytearray(100 << 20)")
+                .flags(&["--memory", "32M"])
+                .run(),
+            _ => sh("yes").flags(&["--output", "1K"]).run(),
+        };
+        let expected = ["ok", "ok", "timeout", "memory_exceeded", "output_exceeded"][i % 5];
+        assert_eq!(run.status(), expected, "run {i}: {:?}", run.json);
+        pids.push(run.pid);
+        uids.insert(run.host_uid());
+    }
+    for pid in &pids {
+        assert_eq!(cgroups_of(*pid), Vec::<String>::new(), "formicary {pid}");
+    }
+    for uid in &uids {
+        let gone = common::eventually(Duration::from_secs(2), || {
+            common::processes_of_uid(*uid).is_empty()
+        });
+        assert!(gone, "uid {uid}: {:?}", common::processes_of_uid(*uid));
+    }
+    let added: Vec<String> = host_mounts().difference(&mounts_before).cloned().collect();
+    assert!(added.is_empty(), "mounts added on the host: {added:#?}");
+}
+
+#[test]
+fn killing_formicary_kills_the_whole_sandbox() {
+    require_root!();
+    let mut child = Command::new(BIN)
+        .args([
+            "exec",
+            "--wall-time",
+            "60",
+            "--",
+            "sh",
+            "-c",
+            "sleep 100 & sleep 100",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn formicary");
+    let supervisor = child.id();
+    let mut sandboxed = Vec::new();
+    let started = common::eventually(Duration::from_secs(10), || {
+        sandboxed = common::descendants(supervisor)
+            .into_iter()
+            .filter(|p| in_sandbox_range(p.uid))
+            .collect();
+        sandboxed.len() >= 2
+    });
+    assert!(started, "the program never started: {sandboxed:?}");
+    let uid = sandboxed[0].uid;
+    child.kill().expect("SIGKILL formicary");
+    child.wait().expect("reap formicary");
+    let gone = common::eventually(Duration::from_secs(1), || {
+        common::processes_of_uid(uid).is_empty()
+    });
+    assert!(
+        gone,
+        "sandbox processes survived their supervisor: {:?}",
+        common::processes_of_uid(uid)
+    );
+}
+
+#[test]
+fn cgroups_left_by_a_killed_formicary_are_removed_by_the_next_run() {
+    require_root!();
+    let mut child = Command::new(BIN)
+        .args(["exec", "--", "sleep", "100"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn formicary");
+    let killed = child.id();
+    let created = common::eventually(Duration::from_secs(10), || {
+        cgroups_of(killed).len() == HIERARCHIES.len()
+    });
+    assert!(created, "cgroups appeared: {:?}", cgroups_of(killed));
+    child.kill().expect("SIGKILL formicary");
+    child.wait().expect("reap formicary");
+    // Once its init is gone the cgroup is empty and can be removed.
+    let empty = common::eventually(Duration::from_secs(2), || {
+        common::descendants(killed).is_empty()
+    });
+    assert!(empty);
+    std::thread::sleep(Duration::from_millis(200));
+    let r = exec(&["true"]).run();
+    assert_eq!(r.status(), "ok");
+    assert_eq!(cgroups_of(killed), Vec::<String>::new());
+}

@@ -1,0 +1,96 @@
+//! The command line itself: pass-through mode, exit codes for programs
+//! that cannot run, `check`, and flag errors.
+
+mod common;
+
+use common::{exec, sh, BIN};
+use std::process::Command;
+
+#[test]
+fn without_json_output_passes_through_and_exit_code_is_the_programs() {
+    require_root!();
+    let out = sh("echo to-stdout; echo to-stderr >&2; exit 7").output();
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "to-stdout\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "to-stderr\n");
+}
+
+#[test]
+fn missing_program_exits_127_with_a_one_line_reason() {
+    require_root!();
+    let out = exec(&["no-such-program-here"]).output();
+    assert_eq!(out.status.code(), Some(127));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("no-such-program-here") && stderr.contains("No such file"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn non_executable_file_exits_126() {
+    require_root!();
+    let dir = common::scratch();
+    let data = dir.path().join("data.txt");
+    std::fs::write(&data, "#!/bin/sh\necho ran\n").expect("write file");
+    let out = exec(&["./data.txt"])
+        .flags(&["--file", data.to_str().expect("utf-8")])
+        .output();
+    assert_eq!(out.status.code(), Some(126));
+    assert!(out.stdout.is_empty(), "it must not have run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+}
+
+#[test]
+fn missing_program_in_json_mode_is_a_setup_error_with_exit_code_127() {
+    require_root!();
+    let r = exec(&["no-such-program-here"]).run();
+    assert_eq!(r.status(), "setup_error");
+    assert_eq!(r.exit_code(), Some(127));
+    assert_eq!(r.code, 127);
+}
+
+#[test]
+fn check_reports_ready_on_a_capable_host() {
+    require_root!();
+    let out = Command::new(BIN)
+        .args(["check", "--json"])
+        .output()
+        .expect("run check");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("check JSON");
+    assert_eq!(report["ready"], true, "{report:#}");
+    assert_eq!(report["rootless"], false);
+    let status = Command::new(BIN).arg("check").output().expect("run check");
+    assert_eq!(status.status.code(), Some(0));
+}
+
+#[test]
+fn malformed_limit_is_a_usage_error_naming_the_flag() {
+    let out = exec(&["true"]).flags(&["--memory", "lots"]).output();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--memory") && stderr.contains("lots"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn missing_program_argument_is_a_usage_error() {
+    let out = Command::new(BIN)
+        .args(["exec", "--json"])
+        .output()
+        .expect("run formicary");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn limit_below_its_minimum_is_refused() {
+    let out = exec(&["true"]).flags(&["--pids", "0"]).output();
+    assert_eq!(out.status.code(), Some(125));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--pids"), "{stderr}");
+}

@@ -1,0 +1,239 @@
+//! Data in and out of the sandbox: stdin, --file, --out/--out-dir, and
+//! how output that is odd or cut short is reported.
+
+mod common;
+
+use common::{exec, sh};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Every path under `dir`, relative to it, sorted.
+fn tree(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let path = entry.path();
+            found.push(
+                path.strip_prefix(dir)
+                    .expect("beneath dir")
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+            if entry.file_type().expect("file type").is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+#[test]
+fn stdin_from_a_file_reaches_the_program() {
+    require_root!();
+    let dir = common::scratch();
+    let input = dir.path().join("input.txt");
+    std::fs::write(&input, "line one\nline two\n").expect("write input");
+    let r = exec(&["cat"])
+        .flags(&["--stdin", input.to_str().expect("utf-8 path")])
+        .run();
+    assert_eq!(r.stdout(), "line one\nline two\n");
+}
+
+#[test]
+fn stdin_dash_passes_formicarys_own_stdin() {
+    require_root!();
+    let r = exec(&["wc", "-c"])
+        .flag("--stdin")
+        .flag("-")
+        .host_stdin(&[b'z'; 100_000])
+        .run();
+    assert_eq!(r.stdout().trim(), "100000");
+}
+
+#[test]
+fn without_stdin_flag_the_program_reads_eof() {
+    require_root!();
+    let r = exec(&["wc", "-c"]).host_stdin(b"not for the sandbox").run();
+    assert_eq!(r.stdout().trim(), "0");
+}
+
+#[test]
+fn file_flag_copies_a_file_and_a_directory_keeping_relative_paths() {
+    require_root!();
+    let dir = common::scratch();
+    let single = dir.path().join("single.txt");
+    std::fs::write(&single, "one").expect("write file");
+    let tree_dir = dir.path().join("tree");
+    std::fs::create_dir_all(tree_dir.join("sub/deeper")).expect("mkdir");
+    std::fs::write(tree_dir.join("top.txt"), "top").expect("write");
+    std::fs::write(tree_dir.join("sub/deeper/leaf.txt"), "leaf").expect("write");
+    let r = sh("cat single.txt renamed.txt data/top.txt data/sub/deeper/leaf.txt; echo; stat -c %U data/top.txt")
+        .flags(&[
+            "--file",
+            single.to_str().expect("utf-8"),
+            "--file",
+            &format!("{}:renamed.txt", single.display()),
+            "--file",
+            &format!("{}:data", tree_dir.display()),
+        ])
+        .run();
+    assert_eq!(r.status(), "ok", "{:?}", r.json);
+    assert_eq!(
+        r.stdout(),
+        "oneonetopleaf\nsandbox\n",
+        "contents, and owned by the sandbox user"
+    );
+}
+
+#[test]
+fn out_collects_matching_regular_files_with_their_sizes() {
+    require_root!();
+    let dir = common::scratch();
+    let out = dir.path().join("out");
+    let r = sh(
+        "echo hello > a.txt; mkdir -p res/deep; printf 12345 > res/deep/r.dat; echo no > skip.bin",
+    )
+    .flags(&["--out", "*.txt", "--out", "res/**"])
+    .flags(&["--out-dir", out.to_str().expect("utf-8")])
+    .run();
+    assert_eq!(r.status(), "ok", "{:?}", r.json);
+    let mut files: Vec<(String, u64)> = r.json["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().expect("path").to_string(),
+                f["size"].as_u64().expect("size"),
+            )
+        })
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        vec![("a.txt".to_string(), 6), ("res/deep/r.dat".to_string(), 5)]
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("a.txt")).expect("a.txt"),
+        "hello\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("res/deep/r.dat")).expect("r.dat"),
+        "12345"
+    );
+    assert!(!out.join("skip.bin").exists());
+}
+
+#[test]
+fn planted_symlinks_to_host_files_are_not_followed_when_collecting() {
+    require_root!();
+    let dir = common::scratch();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "HOST SECRET").expect("write secret");
+    let out = dir.path().join("out");
+    let script = format!(
+        "ln -s {s} leak.txt; ln -s {d} linkdir; mkdir real; ln -s {s} real/inner.txt; echo fine > ok.txt",
+        s = secret.display(),
+        d = dir.path().display()
+    );
+    let r = sh(&script)
+        .flags(&["--out", "*.txt", "--out", "linkdir/**", "--out", "real/**"])
+        .flags(&["--out-dir", out.to_str().expect("utf-8")])
+        .run();
+    assert_eq!(r.status(), "ok", "{:?}", r.json);
+    let paths: Vec<&str> = r.json["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| f["path"].as_str().expect("path"))
+        .collect();
+    assert_eq!(paths, vec!["ok.txt"]);
+    let copied = tree(&out);
+    assert!(
+        copied.iter().all(|p| p == "ok.txt" || p == "real"),
+        "only ok.txt may be written: {copied:?}"
+    );
+    for p in &copied {
+        let path = out.join(p);
+        if path.is_file() {
+            let content = std::fs::read_to_string(&path).expect("read copied file");
+            assert!(!content.contains("HOST SECRET"), "{p} leaked the secret");
+        }
+    }
+    assert_eq!(
+        tree(dir.path()),
+        {
+            let mut expected: Vec<String> = vec!["out".into(), "secret".into()];
+            expected.extend(copied.iter().map(|p| format!("out/{p}")));
+            expected.sort();
+            expected
+        },
+        "nothing is written outside the output directory"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&secret).expect("secret"),
+        "HOST SECRET"
+    );
+}
+
+#[test]
+fn fifo_is_not_copied_out_and_does_not_hang_collection() {
+    require_root!();
+    let dir = common::scratch();
+    let out = dir.path().join("out");
+    let started = Instant::now();
+    let r = sh("mkfifo pipe.txt; echo x > real.txt")
+        .flags(&["--out", "*.txt", "--out-dir", out.to_str().expect("utf-8")])
+        .run();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(r.status(), "ok", "{:?}", r.json);
+    assert_eq!(r.json["files"].as_array().expect("files").len(), 1);
+    assert!(!out.join("pipe.txt").exists());
+    assert!(out.join("real.txt").is_file());
+}
+
+#[test]
+fn sandbox_path_with_dotdot_is_refused_before_running() {
+    require_root!();
+    let out = exec(&["true"])
+        .flags(&["--file", "/etc/hostname:../escape"])
+        .output();
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("without `..`"), "{stderr}");
+}
+
+#[test]
+fn invalid_utf8_output_is_replaced_not_fatal() {
+    require_root!();
+    let r = exec(&["printf", "a\\377\\376b"]).run();
+    assert_eq!(r.status(), "ok");
+    assert_eq!(r.stdout(), "a\u{FFFD}\u{FFFD}b");
+}
+
+#[test]
+fn partial_output_of_a_timed_out_run_is_kept() {
+    require_root!();
+    let r = sh("echo before; echo err-before >&2; sleep 100")
+        .flags(&["--wall-time", "0.5"])
+        .run();
+    assert_eq!(r.status(), "timeout");
+    assert_eq!(r.stdout(), "before\n");
+    assert_eq!(r.stderr_of_program(), "err-before\n");
+}
+
+#[test]
+fn output_written_just_before_exit_is_complete() {
+    require_root!();
+    let r = exec(&[
+        "/usr/bin/python3",
+        "-c",
+        "import sys; sys.stdout.write('y' * 900000)",
+    ])
+    .run();
+    assert_eq!(r.status(), "ok");
+    assert_eq!(r.stdout().len(), 900_000);
+    assert_eq!(r.json["stdout_truncated"], false);
+}
