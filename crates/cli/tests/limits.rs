@@ -36,7 +36,6 @@ fn wall_time_limit_ends_the_run_as_timeout() {
 }
 
 #[test]
-#[ignore = "engine bug: a timed-out run exits 125 (setup error) instead of 137: init is SIGKILLed so no exit status reaches process_exit_code"]
 fn wall_timeout_exits_137() {
     require_root!();
     let r = exec(&["sleep", "100"]).flags(&["--wall-time", "0.5"]).run();
@@ -254,7 +253,6 @@ fn limit_above_the_configured_maximum_is_refused() {
 }
 
 #[test]
-#[ignore = "engine bug: [max] memory below the built-in 256M default, without [limits], rejects every run and blames a `--memory 256M` nobody passed"]
 fn config_with_only_a_lower_maximum_still_accepts_requests_under_it() {
     require_root!();
     let dir = common::scratch();
@@ -350,7 +348,6 @@ fn background_child_holding_stdout_does_not_keep_the_run_alive() {
 }
 
 #[test]
-#[ignore = "engine bug: --pids 1 passes validation (min 1) but init counts against the limit, so forking the program always fails (setup_error, EAGAIN)"]
 fn pids_1_is_either_usable_or_refused_up_front() {
     require_root!();
     let out = sh("echo hi").flags(&["--pids", "1"]).output();

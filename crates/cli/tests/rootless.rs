@@ -46,7 +46,6 @@ fn as_nobody(args: &[&str]) -> Option<Output> {
 }
 
 #[test]
-#[ignore = "engine bug: rootless on cgroup v1 is not detected as degraded; the run fails creating a root-owned cgroup instead of naming --allow-degraded"]
 fn rootless_without_allow_degraded_is_refused_naming_the_flag() {
     let Some(out) = as_nobody(&["exec", "--", "id", "-u"]) else {
         return;
@@ -58,7 +57,6 @@ fn rootless_without_allow_degraded_is_refused_naming_the_flag() {
 }
 
 #[test]
-#[ignore = "engine bug: rootless on cgroup v1 is not detected as degraded; --allow-degraded still fails creating a cgroup (setup_error, EACCES)"]
 fn rootless_with_allow_degraded_runs_as_1000_and_lists_what_is_not_enforced() {
     let Some(out) = as_nobody(&["exec", "--json", "--allow-degraded", "--", "id", "-u"]) else {
         return;
