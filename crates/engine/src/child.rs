@@ -8,7 +8,8 @@
 //! the supervisor as a fixed-size [`Message`].
 //!
 //! The order of steps (each one's reason is next to it):
-//! 1. die with the supervisor (PDEATHSIG), wait until uid/gid maps are written;
+//! 1. die with the supervisor (PDEATHSIG), close every descriptor inherited
+//!    by accident (other threads' sandboxes), wait until uid/gid maps are written;
 //! 2. a new cgroup namespace (the supervisor has moved us into our cgroups);
 //! 3. become the sandbox user (uid/gid 1000, no supplementary groups) while
 //!    keeping the user namespace's capabilities for setup;
@@ -205,24 +206,52 @@ pub fn run_init(plan: &ChildPlan<'_>) -> ! {
 }
 
 fn set_ids(clear_groups: bool) -> Result<(), ChildFailure> {
-    // SAFETY: plain credential syscalls with constant arguments.
+    // Raw syscalls, not the libc wrappers: glibc's set*id and setgroups
+    // signal every thread of the process to change credentials together,
+    // and in this child (a copy of one thread of a possibly multithreaded
+    // supervisor) the other threads do not exist: the wrapper would wait
+    // for them forever.
+    let id = SANDBOX_ID as libc::c_long;
+    // SAFETY: credential syscalls with integer arguments (and a null list
+    // of zero groups).
     unsafe {
         if clear_groups {
-            check_int(
-                libc::setgroups(0, std::ptr::null()),
+            check(
+                libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()),
                 "drop supplementary groups",
             )?;
         }
-        check_int(
-            libc::setresgid(SANDBOX_ID, SANDBOX_ID, SANDBOX_ID),
+        check(
+            libc::syscall(libc::SYS_setresgid, id, id, id),
             "become the sandbox group",
         )?;
-        check_int(
-            libc::setresuid(SANDBOX_ID, SANDBOX_ID, SANDBOX_ID),
+        check(
+            libc::syscall(libc::SYS_setresuid, id, id, id),
             "become the sandbox user",
         )?;
     }
     Ok(())
+}
+
+/// Closes every descriptor but `keep`: the clone copied the whole table of
+/// a supervisor that may be running other sandboxes on other threads, and
+/// init must not hold their pipes open (nor see them). No allocation: the
+/// list is sorted in place.
+fn close_all_but(mut keep: [RawFd; 5]) {
+    keep.sort_unstable();
+    let mut next: libc::c_uint = 0;
+    for fd in keep {
+        if fd < 0 || (fd as libc::c_uint) < next {
+            continue;
+        }
+        if fd as libc::c_uint > next {
+            // SAFETY: close_range takes integers only.
+            unsafe { libc::syscall(libc::SYS_close_range, next, fd as libc::c_uint - 1, 0) };
+        }
+        next = fd as libc::c_uint + 1;
+    }
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_close_range, next, libc::c_uint::MAX, 0) };
 }
 
 /// `ip link set lo up`, with one ioctl: the sandbox gets a working
@@ -267,6 +296,16 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) },
         "set the parent-death signal",
     )?;
+    // The supervisor's umask is not ours: every mode below is meant as written.
+    // SAFETY: umask cannot fail; the child has its own copy of it.
+    unsafe { libc::umask(0) };
+    close_all_but([
+        plan.sync_fd,
+        plan.stdin_fd.unwrap_or(-1),
+        plan.stdout_fd,
+        plan.stderr_fd,
+        plan.landlock.map_or(-1, |l| l.ruleset_fd()),
+    ]);
     wait_for_go(plan.sync_fd);
 
     // 2. The supervisor has put us in our cgroups: make them our root.

@@ -374,6 +374,11 @@ impl LandlockPlan {
         })
     }
 
+    /// The ruleset's descriptor, which the child must keep open.
+    pub fn ruleset_fd(&self) -> RawFd {
+        self.ruleset.as_raw_fd()
+    }
+
     /// The ABI version the plan was prepared for.
     pub fn abi(&self) -> u32 {
         self.abi

@@ -68,8 +68,11 @@ pub struct Engine {
     policy: &'static Policy,
     filter: CompiledFilter,
     ids: IdAllocator,
-    counter: AtomicU64,
 }
+
+/// Numbers this process's runs, for unique cgroup names across every
+/// `Engine` of the process.
+static RUN_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// A setup failure before the program started, with the exit code a CLI
 /// should use (125 unless the program itself could not be executed).
@@ -132,7 +135,6 @@ impl Engine {
             policy,
             filter,
             ids,
-            counter: AtomicU64::new(0),
         })
     }
 
@@ -257,7 +259,7 @@ impl Engine {
                 let name = format!(
                     "{}-{}",
                     std::process::id(),
-                    self.counter.fetch_add(1, Ordering::Relaxed)
+                    RUN_COUNTER.fetch_add(1, Ordering::Relaxed)
                 );
                 // The sandbox's init is one of the cgroup's processes; the
                 // pids limit is the program's.

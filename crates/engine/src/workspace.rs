@@ -137,6 +137,13 @@ fn mkdir_all_beneath(dir: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
             if err.raw_os_error() != Some(libc::EEXIST) {
                 return Err(err);
             }
+        } else {
+            // The caller's umask (process-wide, not ours to change) must
+            // not decide the mode.
+            // SAFETY: valid dir fd and C string; no links are followed.
+            if unsafe { libc::fchmodat(parent.as_raw_fd(), name.as_ptr(), 0o755, 0) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
         }
     }
     Ok(())
