@@ -3,9 +3,13 @@
 //! The policy is data ([`default-policy.toml`](default-policy.toml), or an
 //! operator's own file through [`Policy::from_toml`]): an allow-list with a
 //! reason on every entry, a deny-list, calls answered `ENOSYS` silently, and a
-//! few argument rules. [`Policy::compile`] turns it into a classic-BPF program
-//! for one architecture; the supervisor side ([`Notifier`]) answers the
-//! filter's user notifications and records every refused call by name.
+//! few argument rules. The default file is parsed and checked at build time
+//! (`build.rs`, with the one parser in `policy_file.rs`) and compiled in as
+//! static data, so a typo in it fails the build and [`default_policy`]
+//! parses nothing at run time. [`Policy::compile`] turns a policy into a
+//! classic-BPF program for one architecture (a binary search over the
+//! syscall numbers); the supervisor side ([`Notifier`]) answers the filter's
+//! user notifications and records every refused call by name.
 //!
 //! What the parent does: [`default_policy`], [`Policy::compile`],
 //! [`user_notif_supported`], then [`Notifier::handle_one`] whenever the
@@ -13,16 +17,20 @@
 //! after `PR_SET_NO_NEW_PRIVS`: [`install_with_listener`] (or [`install`]
 //! when user notification is unavailable) — both async-signal-safe.
 
+#[cfg(test)]
+mod bench;
 mod bpf;
 mod notify;
 mod policy;
+mod policy_file;
 
 use std::io;
 
 pub use notify::{
     install, install_with_listener, user_notif_supported, Denial, Notifier, MAX_DISTINCT_NAMES,
 };
-pub use policy::{default_policy, Check, CompiledFilter, Policy, Rule};
+pub use policy::{default_policy, CompiledFilter, Policy};
+pub use policy_file::{Check, Rule};
 
 /// `AUDIT_ARCH_X86_64` (linux/audit.h): EM_X86_64 | 64-bit | little-endian.
 pub const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
