@@ -14,6 +14,7 @@ const PROBE: &str = r#"
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -45,6 +46,25 @@ int main(int argc, char **argv) {
         report(a, syscall(SYS_bpf, 0, NULL, 0));
     } else if (!strcmp(a, "mount")) {
         report(a, syscall(SYS_mount, "none", "/sandbox", "tmpfs", 0, NULL));
+    } else if (!strcmp(a, "aio")) {
+        unsigned long ctx = 0;
+        report(a, syscall(SYS_io_setup, 65536, &ctx));
+    } else if (!strcmp(a, "socket-buffers")) {
+        /* Memory that belongs to no process: full unix socket buffers,
+           in many small children. */
+        for (int c = 0; c < 30; c++) {
+            if (fork() == 0) {
+                for (int i = 0; i < 120; i++) {
+                    int sv[2];
+                    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0, sv) < 0) break;
+                    static char buf[65536];
+                    while (write(sv[0], buf, sizeof buf) > 0) {}
+                    while (write(sv[1], buf, sizeof buf) > 0) {}
+                }
+                pause();
+            }
+        }
+        while (wait(NULL) > 0) {}
     } else if (!strcmp(a, "kill-init")) {
         kill(1, SIGKILL);
         usleep(200000);
@@ -187,4 +207,67 @@ fn dev_shm_counts_against_the_disk_limit() {
         "{:?}",
         r.json
     );
+}
+
+#[test]
+fn aio_contexts_from_the_host_wide_quota_are_refused_by_seccomp() {
+    require_root!();
+    // Security review: io_setup draws on fs.aio-max-nr, shared by the whole
+    // host; one sandbox could exhaust it for everyone.
+    let Some(r) = attack("aio") else {
+        return;
+    };
+    assert_eq!(r.stdout(), "aio -1 1\n", "{:?}", r.json);
+    assert_eq!(r.denied("io_setup"), 1);
+}
+
+#[test]
+fn memory_held_by_no_process_is_memory_exceeded_not_a_setup_error() {
+    require_root!();
+    // Security review: socket buffers are charged to the cgroup but to no
+    // process, so the OOM killer used to pick the sandbox's init and the
+    // run came back as `setup_error`. init is now the OOM killer's last
+    // choice, and a run without an exit report is classified by the
+    // cgroup's OOM counter.
+    let dir = common::scratch();
+    let Some(probe) = common::compile_c(dir.path(), "probe", PROBE) else {
+        return;
+    };
+    let r = exec(&["./probe", "socket-buffers"])
+        .flags(&[
+            "--file",
+            probe.to_str().expect("utf-8 path"),
+            "--memory",
+            "64M",
+            "--wall-time",
+            "8",
+            "--pids",
+            "64",
+        ])
+        .run();
+    assert_eq!(r.status(), "memory_exceeded", "{:?}", r.json);
+    assert!(r.hit("memory"));
+}
+
+#[test]
+fn a_program_killing_itself_with_sigxcpu_is_not_reported_as_over_its_cpu_limit() {
+    require_root!();
+    // Security review: the verdict must come from what was measured, not
+    // from the signal a program chose.
+    let r = sh("kill -XCPU $$").run();
+    assert_eq!(r.status(), "signaled", "{:?}", r.json);
+    assert!(!r.hit("cpu_time"), "{:?}", r.json);
+}
+
+#[test]
+fn the_host_boot_id_is_masked() {
+    require_root!();
+    // Unique per host boot: two sandboxes could tell they share a host.
+    let r = sh("cat /proc/sys/kernel/random/boot_id 2>&1; echo done").run();
+    assert!(
+        !r.stdout().contains('-') || r.stdout().contains("denied"),
+        "{:?}",
+        r.json
+    );
+    assert!(r.stdout().ends_with("done\n"));
 }

@@ -52,6 +52,8 @@ const MASKED_PROC_FILES: &[&str] = &[
     "/proc/buddyinfo",
     "/proc/softirqs",
     "/proc/interrupts",
+    // Unique per host boot: lets separate sandboxes tell they share a host.
+    "/proc/sys/kernel/random/boot_id",
 ];
 
 /// Directories in /proc hidden under an empty read-only tmpfs.

@@ -153,6 +153,10 @@ pub struct Observed {
     pub pids_limit_reached: bool,
     /// The writable filesystem was full when the run ended.
     pub disk_full: bool,
+    /// The measured CPU time is at (or within the RLIMIT_CPU backstop's
+    /// rounding of) the limit, so a SIGXCPU is the limit's and not a
+    /// program's own `kill -XCPU`.
+    pub cpu_time_measured_over: bool,
     /// A process died of SIGXFSZ, or a file in /sandbox reached the
     /// file-size limit (RLIMIT_FSIZE stops writes exactly there).
     pub file_size_exceeded: bool,
@@ -187,7 +191,7 @@ pub fn classify(exit: Option<Exit>, seen: &Observed) -> (Status, Vec<LimitKind>)
         if sig == libc::SIGXFSZ {
             hit.push(LimitKind::FileSize);
         }
-        if sig == libc::SIGXCPU && !seen.cpu_time_exceeded {
+        if sig == libc::SIGXCPU && !seen.cpu_time_exceeded && seen.cpu_time_measured_over {
             // RLIMIT_CPU, the per-process backstop, fired first.
             hit.push(LimitKind::CpuTime);
         }
@@ -197,7 +201,9 @@ pub fn classify(exit: Option<Exit>, seen: &Observed) -> (Status, Vec<LimitKind>)
 
     let status = if seen.output_exceeded {
         Status::OutputExceeded
-    } else if seen.cpu_time_exceeded || exit == Some(Exit::Signal(libc::SIGXCPU)) {
+    } else if seen.cpu_time_exceeded
+        || (exit == Some(Exit::Signal(libc::SIGXCPU)) && seen.cpu_time_measured_over)
+    {
         Status::CpuTimeExceeded
     } else if seen.wall_time_exceeded {
         Status::Timeout
@@ -287,8 +293,17 @@ mod tests {
             classify(Some(Exit::Signal(libc::SIGXFSZ)), &seen),
             (Status::Signaled, vec![LimitKind::FileSize])
         );
+        // A program that kills itself with SIGXCPU did not hit the limit.
         assert_eq!(
             classify(Some(Exit::Signal(libc::SIGXCPU)), &seen),
+            (Status::Signaled, vec![])
+        );
+        let spent = Observed {
+            cpu_time_measured_over: true,
+            ..Observed::default()
+        };
+        assert_eq!(
+            classify(Some(Exit::Signal(libc::SIGXCPU)), &spent),
             (Status::CpuTimeExceeded, vec![LimitKind::CpuTime])
         );
     }

@@ -9,7 +9,9 @@
 //!   to stop the run (SIGXCPU at the soft limit, so the result can name
 //!   the limit; SIGKILL a second later at the hard limit);
 //! * `RLIMIT_CORE` = 0: no core dumps, which would write the program's
-//!   memory to disk.
+//!   memory to disk;
+//! * `RLIMIT_RTPRIO` = 0 and `RLIMIT_NICE` = 0: no real-time scheduling and
+//!   no raised priority, whatever the environment formicary runs in allows.
 //!
 //! Left alone on purpose: `RLIMIT_STACK` (the default suits compilers and
 //! interpreters; memory is bounded by the cgroup) and `RLIMIT_NPROC` (it counts
@@ -37,7 +39,7 @@ pub struct RlimitEntry {
 /// The rlimits the child sets, prepared by the parent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RlimitPlan {
-    entries: [RlimitEntry; 4],
+    entries: [RlimitEntry; 6],
 }
 
 /// Why rlimits could not be prepared.
@@ -103,13 +105,15 @@ impl RlimitPlan {
                 cpu_seconds_backstop,
             ),
             (libc::RLIMIT_CORE, "setrlimit(RLIMIT_CORE)", 0),
+            (libc::RLIMIT_RTPRIO, "setrlimit(RLIMIT_RTPRIO)", 0),
+            (libc::RLIMIT_NICE, "setrlimit(RLIMIT_NICE)", 0),
         ];
         let mut entries = [RlimitEntry {
             resource: 0,
             step: "",
             value: 0,
             hard: 0,
-        }; 4];
+        }; 6];
         for (entry, (resource, step, value)) in entries.iter_mut().zip(wanted) {
             // glibc types the resource as an unsigned enum; the numbers are small.
             let resource = resource as libc::c_int;
@@ -174,7 +178,7 @@ mod tests {
     use crate::test_support::{counting_allocations, in_forked_child};
 
     #[test]
-    fn prepare_lists_the_four_limits() -> Result<(), RlimitError> {
+    fn prepare_lists_the_six_limits() -> Result<(), RlimitError> {
         let plan = RlimitPlan::prepare(64, 1 << 20, 5)?;
         let values: Vec<(libc::c_int, u64)> = plan
             .entries()
@@ -188,6 +192,8 @@ mod tests {
                 (libc::RLIMIT_FSIZE as libc::c_int, 1 << 20),
                 (libc::RLIMIT_CPU as libc::c_int, 5),
                 (libc::RLIMIT_CORE as libc::c_int, 0),
+                (libc::RLIMIT_RTPRIO as libc::c_int, 0),
+                (libc::RLIMIT_NICE as libc::c_int, 0),
             ]
         );
         Ok(())
@@ -218,10 +224,10 @@ mod tests {
         let plan = RlimitPlan::prepare(64, 1 << 20, 5)?;
         // Child: apply, then report soft and hard of each limit (low 31 bits
         // are plenty for these values) or -errno.
-        let report: [i32; 10] = in_forked_child(|| {
-            let mut out = [0i32; 10];
+        let report: [i32; 14] = in_forked_child(|| {
+            let mut out = [0i32; 14];
             let (applied, allocations) = counting_allocations(|| plan.apply_in_child());
-            out[9] = allocations;
+            out[13] = allocations;
             if let Err(failure) = applied {
                 out[0] = -failure.errno;
                 return out;
@@ -252,8 +258,11 @@ mod tests {
         });
         assert_eq!(report[0], 0, "apply_in_child or prlimit64 failed");
         // RLIMIT_CPU: SIGXCPU at 5 s, SIGKILL at 6 s.
-        assert_eq!(&report[1..9], &[64, 64, 1 << 20, 1 << 20, 5, 6, 0, 0]);
-        assert_eq!(report[9], 0, "apply_in_child must not allocate");
+        assert_eq!(
+            &report[1..13],
+            &[64, 64, 1 << 20, 1 << 20, 5, 6, 0, 0, 0, 0, 0, 0]
+        );
+        assert_eq!(report[13], 0, "apply_in_child must not allocate");
         Ok(())
     }
 }

@@ -373,6 +373,7 @@ impl Engine {
                 cpu_limit: Duration::from_millis(spec.limits.cpu_time_ms),
                 output_limit: spec.limits.output_bytes,
                 cpu_baseline_ns,
+                init_pid: pid,
             },
             listener,
             started,
@@ -413,22 +414,29 @@ impl Engine {
         }
         // A run the supervisor ended never reports an exit: its init was
         // SIGKILLed, and so was the program with it.
+        // The same when the OOM killer took init itself (possible rootless,
+        // where init cannot be protected).
         let supervisor_killed =
             observed.wall_time_exceeded || observed.cpu_time_exceeded || observed.output_exceeded;
         let exit = match outcome.exit {
-            None if supervisor_killed => Some(crate::result::Exit::Signal(libc::SIGKILL)),
+            None if supervisor_killed || observed.oom_killed => {
+                Some(crate::result::Exit::Signal(libc::SIGKILL))
+            }
             other => other,
         };
+        let cpu_time_ms = match &usage {
+            Some(u) => u.cpu_time_ns.saturating_sub(cpu_baseline_ns) / 1_000_000,
+            None => outcome.reaped_cpu_us / 1000,
+        };
+        // A program may kill itself with SIGXCPU: that names the CPU limit
+        // only when the CPU time was really spent.
+        observed.cpu_time_measured_over = cpu_time_ms + 1000 >= spec.limits.cpu_time_ms;
         let (status, limits_hit) = classify(exit, &observed);
         let (files, skipped) = match &spec.outputs {
             Some(out) => {
                 crate::workspace::copy_out(sandbox_dir.as_fd(), out).map_err(|e| e.to_string())?
             }
             None => (Vec::new(), Vec::new()),
-        };
-        let cpu_time_ms = match &usage {
-            Some(u) => u.cpu_time_ns.saturating_sub(cpu_baseline_ns) / 1_000_000,
-            None => outcome.reaped_cpu_us / 1000,
         };
         let memory_peak_bytes = match &usage {
             Some(u) => u.memory_peak_bytes,

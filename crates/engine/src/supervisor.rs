@@ -30,6 +30,11 @@ pub struct Watch<'a> {
     pub output_limit: u64,
     /// CPU time the cgroup had used before the program started (setup).
     pub cpu_baseline_ns: u64,
+    /// The sandbox's init, as the host sees it: once the program is
+    /// forked, init is made the OOM killer's last choice (memory that
+    /// belongs to no process, like socket buffers, would otherwise make
+    /// small init its first victim and lose the program's exit status).
+    pub init_pid: libc::pid_t,
 }
 
 /// One output stream, kept up to the limit.
@@ -85,6 +90,12 @@ fn read_into(fd: BorrowedFd<'_>, cap: &mut Captured, limit: u64) -> bool {
             }
         }
     }
+}
+
+/// Sets init's oom_score_adj to -1000. Only root may; rootless, the
+/// classification falls back on the cgroup's OOM counter instead.
+fn protect_from_oom(init_pid: libc::pid_t) {
+    let _ = std::fs::write(format!("/proc/{init_pid}/oom_score_adj"), "-1000");
 }
 
 /// Runs the loop from the program's release until init is gone.
@@ -232,6 +243,7 @@ pub fn supervise(watch: Watch<'_>, listener: Option<OwnedFd>, started: Instant) 
                                             m.signals_seen & xfsz != 0;
                                         ended_at.get_or_insert_with(Instant::now);
                                     }
+                                    Message::STARTED => protect_from_oom(watch.init_pid),
                                     Message::EXEC_FAILED => out.exec_errno = Some(m.errno),
                                     Message::FAILED => out.failure = Some((m.step_name(), m.errno)),
                                     _ => {}

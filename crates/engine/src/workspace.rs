@@ -284,32 +284,57 @@ fn copy_host_path(
 
 /// Matches `path` (components joined by `/`) against a glob: `*` and `?`
 /// within one component, `**` across any number of components.
+///
+/// Names come from the sandbox, so matching must stay cheap whatever they
+/// are: both levels use the greedy wildcard algorithm with a single
+/// backtrack point, O(pattern x text), never exponential.
 pub fn glob_match(pattern: &str, path: &str) -> bool {
     let pat: Vec<&str> = pattern.split('/').filter(|s| !s.is_empty()).collect();
     let parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    match_components(&pat, &parts)
-}
-
-fn match_components(pat: &[&str], parts: &[&str]) -> bool {
-    match pat.split_first() {
-        None => parts.is_empty(),
-        Some((&"**", rest)) => (0..=parts.len()).any(|skip| match_components(rest, &parts[skip..])),
-        Some((first, rest)) => match parts.split_first() {
-            Some((part, more)) => {
-                match_one(first.as_bytes(), part.as_bytes()) && match_components(rest, more)
-            }
-            None => false,
-        },
-    }
+    wildcard(
+        &pat,
+        &parts,
+        |p| *p == "**",
+        |p| *p == "?",
+        |p, part| match_one(p.as_bytes(), part.as_bytes()),
+    )
 }
 
 fn match_one(pat: &[u8], text: &[u8]) -> bool {
-    match pat.split_first() {
-        None => text.is_empty(),
-        Some((b'*', rest)) => (0..=text.len()).any(|skip| match_one(rest, &text[skip..])),
-        Some((b'?', rest)) => !text.is_empty() && match_one(rest, &text[1..]),
-        Some((c, rest)) => text.first() == Some(c) && match_one(rest, &text[1..]),
+    wildcard(pat, text, |c| *c == b'*', |c| *c == b'?', |c, t| c == t)
+}
+
+/// The classic iterative wildcard match over any items: `is_star` matches
+/// any run (including none), `is_any` exactly one item, else `eq`.
+fn wildcard<P, T>(
+    pat: &[P],
+    text: &[T],
+    is_star: impl Fn(&P) -> bool,
+    is_any: impl Fn(&P) -> bool,
+    eq: impl Fn(&P, &T) -> bool,
+) -> bool {
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pat.len() && is_star(&pat[p]) {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pat.len() && (is_any(&pat[p]) || eq(&pat[p], &text[t])) {
+            p += 1;
+            t += 1;
+        } else if let Some((sp, st)) = star {
+            // Let the last star swallow one more item and retry after it.
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
     }
+    while p < pat.len() && is_star(&pat[p]) {
+        p += 1;
+    }
+    p == pat.len()
 }
 
 /// Copies the regular files of /sandbox that match the output patterns
@@ -554,6 +579,24 @@ mod tests {
         assert!(!glob_match("?.c", "ab.c"));
         assert!(glob_match("*", "anything"));
         assert!(!glob_match("a", "b"));
+        assert!(glob_match("a*b*c", "axxbyyc"));
+        assert!(!glob_match("a*b*c", "axxbyy"));
+        assert!(glob_match("**/x/**/*.rs", "src/x/y/z/lib.rs"));
+        assert!(!glob_match("**/x/**/*.rs", "src/y/lib.rs"));
+    }
+
+    #[test]
+    fn hostile_names_cannot_make_matching_slow() {
+        // Exponential backtracking would take ages here (the security
+        // review's reproduction: many stars against long names).
+        let name = format!("{}{}", "0".repeat(5), "_".repeat(240));
+        let start = std::time::Instant::now();
+        for _ in 0..3000 {
+            assert!(!glob_match("*_*_*_*_*_*.txt", &name));
+            assert!(!glob_match("**/**/**/**/*.txt", &"a/".repeat(60)));
+        }
+        // Generous: linear matching takes milliseconds.
+        assert!(start.elapsed() < std::time::Duration::from_secs(20));
     }
 
     #[test]
