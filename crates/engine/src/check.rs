@@ -26,6 +26,8 @@ pub struct HostReport {
     pub kernel: String,
     pub items: Vec<Item>,
     pub limits: Vec<Item>,
+    /// Every cgroup hierarchy found, in detail.
+    pub cgroup_report: Option<crate::cgroups::CgroupReport>,
 }
 
 fn kernel_release() -> String {
@@ -54,6 +56,7 @@ pub fn host_report(config: EngineConfig) -> HostReport {
                 kernel,
                 items: vec![item("engine", false, e.to_string())],
                 limits: Vec::new(),
+                cgroup_report: None,
             }
         }
     };
@@ -67,11 +70,14 @@ pub fn host_report(config: EngineConfig) -> HostReport {
         max_userns != "0",
         format!("user.max_user_namespaces = {max_userns}"),
     ));
-    let cgroup_detail = match &facts.cgroups {
-        Some(host) => serde_json::to_string(&host.report()).unwrap_or_default(),
-        None => "no cgroup v2 tree with memory and pids, and no v1 memory/pids/cpuacct hierarchies usable by this process".into(),
+    let cgroup_report = crate::cgroups::HostCgroups::detect()
+        .ok()
+        .map(|h| h.report());
+    let (cgroup_ok, cgroup_detail) = match &cgroup_report {
+        Some(r) => describe_cgroups(r),
+        None => (false, "cannot read /proc/self/mountinfo".to_string()),
     };
-    items.push(item("cgroups", facts.cgroups.is_some(), cgroup_detail));
+    items.push(item("cgroups", cgroup_ok, cgroup_detail));
     items.push(item(
         "seccomp user notification",
         facts.user_notif,
@@ -158,7 +164,41 @@ pub fn host_report(config: EngineConfig) -> HostReport {
         kernel,
         items,
         limits,
+        cgroup_report,
     }
+}
+
+/// One line about the cgroups: the version used, where its hierarchies are,
+/// and whether this process may create cgroups in them.
+fn describe_cgroups(r: &crate::cgroups::CgroupReport) -> (bool, String) {
+    let Some(version) = r.version else {
+        return (
+            false,
+            r.unavailable_reason
+                .clone()
+                .unwrap_or_else(|| "no usable cgroup hierarchy".into()),
+        );
+    };
+    let used: Vec<String> = r
+        .hierarchies
+        .iter()
+        .filter(|h| h.used)
+        .map(|h| format!("{} at {}", h.controllers.join(","), h.mount_point.display()))
+        .collect();
+    let swap = match r.swap_accounting {
+        Some(true) => "swap accounted (limited to 0)",
+        Some(false) => "no swap accounting (swappiness 0 instead)",
+        None => "swap accounting unknown",
+    };
+    let create = if r.can_create {
+        "this process may create cgroups"
+    } else {
+        "this process may NOT create cgroups there (run as root, or set [cgroup] parent to a tree it owns)"
+    };
+    (
+        r.can_create,
+        format!("{version}: {}; {swap}; {create}", used.join("; ")),
+    )
 }
 
 impl HostReport {
