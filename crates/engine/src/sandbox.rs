@@ -443,7 +443,12 @@ impl Engine {
             None => outcome.reaped_max_rss_kb * 1024,
         };
         let _ = spawned;
-        let error = if status == Status::SetupError {
+        let error = if outcome.denials_throttled {
+            Some(format!(
+                "the program made more than {} denied system calls; formicary stopped answering them, and the calls after that blocked until the run ended",
+                supervisor::MAX_ANSWERED_DENIALS
+            ))
+        } else if status == Status::SetupError {
             Some("the sandbox's init ended without reporting the program's exit".to_string())
         } else if !skipped.is_empty() {
             Some(format!(

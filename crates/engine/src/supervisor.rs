@@ -60,7 +60,13 @@ pub struct Outcome {
     pub exec_errno: Option<i32>,
     /// A setup step of init that failed after the program was released.
     pub failure: Option<(String, i32)>,
+    /// The program made more than MAX_ANSWERED_DENIALS denied calls; the
+    /// rest were left unanswered (blocked).
+    pub denials_throttled: bool,
 }
+
+/// Most seccomp notifications answered in one run (see `supervise`).
+pub const MAX_ANSWERED_DENIALS: u64 = 100_000;
 
 const CPU_CHECK_MAX: Duration = Duration::from_millis(100);
 const CPU_CHECK_MIN: Duration = Duration::from_millis(5);
@@ -120,11 +126,13 @@ pub fn supervise(watch: Watch<'_>, listener: Option<OwnedFd>, started: Instant) 
         reaped_max_rss_kb: 0,
         exec_errno: None,
         failure: None,
+        denials_throttled: false,
     };
     let deadline = started + watch.wall_limit;
     let cpus = crate::sys::online_cpus() as u32;
     let mut sync_open = true;
     let mut notify_open = notifier.is_some();
+    let mut answered: u64 = 0;
     let mut killed = false;
     let mut next_cpu_check = started;
     let mut ended_at: Option<Instant> = None;
@@ -273,6 +281,15 @@ pub fn supervise(watch: Watch<'_>, listener: Option<OwnedFd>, started: Instant) 
                     if pfd.revents & libc::POLLIN != 0 {
                         if let Some(n) = &notifier {
                             let _ = n.handle_one(watch.policy, &mut out.denied);
+                            answered += 1;
+                            if answered >= MAX_ANSWERED_DENIALS {
+                                // Each answer costs the supervisor's CPU,
+                                // outside the sandbox's cgroup. Past this
+                                // many, further denied calls stay blocked
+                                // until the run ends.
+                                notify_open = false;
+                                out.denials_throttled = true;
+                            }
                         }
                     } else {
                         notify_open = false;
