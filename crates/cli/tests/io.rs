@@ -57,6 +57,29 @@ fn without_stdin_flag_the_program_reads_eof() {
     require_root!();
     let r = exec(&["wc", "-c"]).host_stdin(b"not for the sandbox").run();
     assert_eq!(r.stdout().trim(), "0");
+    assert_eq!(
+        r.stderr_of_program(),
+        "",
+        "stdin must be open: {:?}",
+        r.json
+    );
+}
+
+#[test]
+fn without_stdin_flag_stdin_is_an_open_dev_null() {
+    require_root!();
+    // Regression: init once closed every inherited descriptor and then
+    // reopened /dev/null close-on-exec as fd 0, so the program started
+    // with no stdin at all.
+    let r = sh("readlink /proc/self/fd/0; cat; echo cat=$?").run();
+    assert_eq!(r.stdout(), "/dev/null\ncat=0\n", "{:?}", r.json);
+}
+
+#[test]
+fn the_program_starts_with_the_usual_umask() {
+    require_root!();
+    let r = sh("umask; touch /sandbox/f; stat -c %a /sandbox/f").run();
+    assert_eq!(r.stdout(), "0022\n644\n", "{:?}", r.json);
 }
 
 #[test]

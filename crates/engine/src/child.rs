@@ -367,9 +367,7 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
                 "open /dev/null for stdin",
             )?,
         };
-        check_int(libc::dup2(stdin, 0), "set up stdin")?;
-        check_int(libc::dup2(plan.stdout_fd, 1), "set up stdout")?;
-        check_int(libc::dup2(plan.stderr_fd, 2), "set up stderr")?;
+        install_stdio([stdin, plan.stdout_fd, plan.stderr_fd])?;
         check_int(
             libc::chdir(plan.workdir.as_ptr()),
             "enter the working directory",
@@ -428,13 +426,38 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
     reap_until_exit(plan.sync_fd, pid)
 }
 
+/// Makes `fds` the standard streams 0, 1 and 2. Each is first copied above
+/// 2, so that no dup2 overwrites a source still needed (a source may itself
+/// be 0, 1 or 2) and every final copy is fresh, without close-on-exec.
+fn install_stdio(fds: [RawFd; 3]) -> Result<(), ChildFailure> {
+    let mut high = [0 as RawFd; 3];
+    for (copy, fd) in high.iter_mut().zip(fds) {
+        *copy = check_int(
+            // SAFETY: fcntl on a descriptor we hold.
+            unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10) },
+            "copy a standard stream",
+        )?;
+    }
+    for (target, copy) in high.into_iter().enumerate() {
+        check_int(
+            // SAFETY: dup2 between descriptors we hold.
+            unsafe { libc::dup2(copy, target as RawFd) },
+            "set up a standard stream",
+        )?;
+    }
+    Ok(())
+}
+
 /// pid 2: a new session, nothing inherited but stdio, then execve.
 fn exec_program(plan: &ChildPlan<'_>) -> ! {
-    // SAFETY: setsid and close_range take no pointers. CLOSE_RANGE_CLOEXEC
+    // SAFETY: setsid, umask and close_range take no pointers. CLOSE_RANGE_CLOEXEC
     // keeps the sync socket usable for reporting an exec failure, while
     // guaranteeing that nothing above fd 2 survives a successful execve.
     unsafe {
         libc::setsid();
+        // init runs with umask 0 so its modes are exact; programs expect
+        // the usual 022.
+        libc::umask(0o022);
         libc::syscall(
             libc::SYS_close_range,
             3 as libc::c_uint,

@@ -443,24 +443,30 @@ impl Engine {
             None => outcome.reaped_max_rss_kb * 1024,
         };
         let _ = spawned;
-        let error = if outcome.denials_throttled {
-            Some(format!(
+        let mut notes = Vec::new();
+        if status == Status::SetupError {
+            notes.push("the sandbox's init ended without reporting the program's exit".to_string());
+        }
+        if outcome.denials_throttled {
+            notes.push(format!(
                 "the program made more than {} denied system calls; formicary stopped answering them, and the calls after that blocked until the run ended",
                 supervisor::MAX_ANSWERED_DENIALS
-            ))
-        } else if status == Status::SetupError {
-            Some("the sandbox's init ended without reporting the program's exit".to_string())
-        } else if !skipped.is_empty() {
-            Some(format!(
+            ));
+        }
+        if !skipped.is_empty() {
+            notes.push(format!(
                 "output files not copied: {}",
                 skipped
                     .iter()
                     .map(|s| format!("{} ({})", s.path, s.reason))
                     .collect::<Vec<_>>()
                     .join(", ")
-            ))
-        } else {
+            ));
+        }
+        let error = if notes.is_empty() {
             None
+        } else {
+            Some(notes.join("; "))
         };
         Ok(RunResult {
             status,
