@@ -112,6 +112,9 @@ pub struct ExecArgs {
     /// Run even when a limit or isolation layer cannot be enforced here; the result lists what was not
     #[arg(long)]
     pub allow_degraded: bool,
+    /// Add `profile` to the JSON result: where the run's time went, step by step
+    #[arg(long, requires = "json")]
+    pub profile: bool,
     /// The program (a path in the sandbox, or a name on its PATH) and its arguments
     #[arg(required = true, last = true, value_name = "PROGRAM [ARGS]...")]
     pub command: Vec<String>,
@@ -211,6 +214,7 @@ impl ExecArgs {
         spec.extra_read_only = self.ro_bind.clone();
         spec.workdir = self.workdir.clone();
         spec.allow_degraded = self.allow_degraded;
+        spec.profile = self.profile;
         if let Some(source) = &self.stdin {
             use std::io::Read;
             let mut data = Vec::new();

@@ -10,15 +10,15 @@
 //! The order of steps (each one's reason is next to it):
 //! 1. die with the supervisor (PDEATHSIG), close every descriptor inherited
 //!    by accident (other threads' sandboxes), wait until uid/gid maps are written;
-//! 2. a new cgroup namespace (the supervisor has moved us into our cgroups);
-//! 3. become the sandbox user (uid/gid 1000, no supplementary groups) while
+//! 2. become the sandbox user (uid/gid 1000, no supplementary groups) while
 //!    keeping the user namespace's capabilities for setup;
-//! 4. hostname, then the filesystem: mounts, pivot_root, read-only root;
-//! 5. hand /sandbox to the supervisor, which copies the inputs in;
-//! 6. stdio, working directory, then privileges: capabilities dropped,
+//! 3. hostname, then the filesystem: mounts, pivot_root, read-only root;
+//! 4. hand /sandbox to the supervisor, which copies the inputs in (and has
+//!    meanwhile moved init into its cgroups), then a new cgroup namespace;
+//! 5. stdio, working directory, then privileges: capabilities dropped,
 //!    no_new_privs, rlimits, Landlock, and seccomp last (it would forbid
 //!    the steps before it), its listener handed to the supervisor;
-//! 7. fork the program (pid 2: new session, fds above 2 closed, execve),
+//! 6. start the program (pid 2, vfork-style: new session, fds above 2 closed, execve),
 //!    and reap until it exits; the exit of init kills everything else.
 
 use crate::caps;
@@ -136,6 +136,8 @@ pub struct ChildPlan<'a> {
     /// NULL-terminated argv and envp arrays pointing into owned CStrings.
     pub argv: &'a [*const libc::c_char],
     pub envp: &'a [*const libc::c_char],
+    /// pid 2's stack until its execve.
+    pub exec_stack: &'a ExecStack,
 }
 
 fn send(fd: RawFd, message: &Message, attach: Option<RawFd>) -> Result<(), ChildFailure> {
@@ -308,13 +310,6 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
     ]);
     wait_for_go(plan.sync_fd);
 
-    // 2. The supervisor has put us in our cgroups: make them our root.
-    check_int(
-        // SAFETY: unshare with a constant flag.
-        unsafe { libc::unshare(libc::CLONE_NEWCGROUP) },
-        "create the cgroup namespace",
-    )?;
-
     // 3. Files created during setup must belong to a mapped id. The user
     // namespace's capabilities survive this (uid 0 is not mapped in it, so
     // the kernel's setuid capability fix-up does not apply).
@@ -356,6 +351,13 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
     // SAFETY: our own descriptor.
     unsafe { libc::close(sandbox_dir) };
     wait_for_go(plan.sync_fd);
+
+    // The supervisor has put us in our cgroups by now: make them our root.
+    check_int(
+        // SAFETY: unshare with a constant flag.
+        unsafe { libc::unshare(libc::CLONE_NEWCGROUP) },
+        "create the cgroup namespace",
+    )?;
 
     // 6. Standard streams and working directory.
     // SAFETY: dup2/open/chdir on descriptors and strings we own.
@@ -407,15 +409,24 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
     }
 
     // 7. The program runs as pid 2; init stays to reap and report.
-    let pid = check(
-        // SAFETY: a fork-like clone (no CLONE_VM): the child gets a copy of
-        // this single-threaded process and continues on its own stack copy.
-        unsafe { libc::syscall(libc::SYS_clone, libc::SIGCHLD as libc::c_ulong, 0, 0, 0, 0) },
-        "fork the program",
-    )? as libc::pid_t;
-    if pid == 0 {
-        exec_program(plan);
-    }
+    // vfork-style (CLONE_VM | CLONE_VFORK, as posix_spawn does): the child
+    // borrows init's memory on its own stack until its execve, and init
+    // waits until then. No page tables are copied.
+    let stack_top = plan.exec_stack.as_ptr_range().end as *mut libc::c_void;
+    let pid = check_int(
+        // SAFETY: `stack_top` ends a live buffer reserved for this child's
+        // stack (16-byte aligned: see `ExecStack`); `plan` outlives the
+        // child's use of it, since init is suspended until the execve.
+        unsafe {
+            libc::clone(
+                exec_trampoline,
+                stack_top,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                plan as *const ChildPlan<'_> as *mut libc::c_void,
+            )
+        },
+        "start the program",
+    )?;
     send(plan.sync_fd, &Message::new(Message::STARTED), None)?;
     // SAFETY: closing init's copies of the standard streams.
     unsafe {
@@ -446,6 +457,29 @@ fn install_stdio(fds: [RawFd; 3]) -> Result<(), ChildFailure> {
         )?;
     }
     Ok(())
+}
+
+/// The stack pid 2 runs on until its execve: reserved by the supervisor
+/// before the clone, since init may not allocate.
+#[repr(C, align(16))]
+pub struct ExecStack(pub [u8; 64 * 1024]);
+
+impl ExecStack {
+    pub fn new() -> Box<ExecStack> {
+        Box::new(ExecStack([0; 64 * 1024]))
+    }
+
+    fn as_ptr_range(&self) -> std::ops::Range<*const u8> {
+        self.0.as_ptr_range()
+    }
+}
+
+/// clone(2)'s entry point for pid 2.
+extern "C" fn exec_trampoline(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `&ChildPlan` init passed to clone, alive and
+    // unchanged while init waits for this child's execve.
+    let plan = unsafe { &*(arg as *const ChildPlan<'_>) };
+    exec_program(plan)
 }
 
 /// pid 2: a new session, nothing inherited but stdio, then execve.

@@ -45,29 +45,30 @@ const MASKED_PROC_FILES: &[&str] = &[
     "/proc/kpageflags",
     "/proc/kpagecgroup",
     "/proc/config.gz",
-    "/proc/modules",
     "/proc/vmallocinfo",
     "/proc/pagetypeinfo",
     "/proc/slabinfo",
-    "/proc/buddyinfo",
-    "/proc/softirqs",
-    "/proc/interrupts",
     // Unique per host boot: lets separate sandboxes tell they share a host.
     "/proc/sys/kernel/random/boot_id",
 ];
 
-/// Directories in /proc hidden under an empty read-only tmpfs.
-const MASKED_PROC_DIRS: &[&str] = &[
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/bus",
-    "/proc/driver",
-    "/proc/fs",
-    "/proc/irq",
-    "/proc/scsi",
-    "/proc/sysvipc",
-    "/proc/tty",
-];
+/// Whether a /proc file must be masked: only when the sandbox user could
+/// open it. The sandbox's /proc shows the same kernel's files with the same
+/// modes, owned by a uid the sandbox user is not: an absent file, or one
+/// without read or write permission for others, is closed to it already.
+fn needs_mask(file: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(file) {
+        Ok(meta) => meta.permissions().mode() & 0o006 != 0,
+        // Unknown (no /proc here?): mask to be safe.
+        Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+    }
+}
+
+/// Directories in /proc hidden under an empty read-only tmpfs (the rest of
+/// /proc, /proc/sys, /proc/bus, /proc/fs and /proc/irq included, is made
+/// read-only by the seal, as container runtimes do).
+const MASKED_PROC_DIRS: &[&str] = &["/proc/acpi", "/proc/asound", "/proc/scsi"];
 
 /// Device files bound from the host into the sandbox's /dev.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
@@ -83,15 +84,14 @@ pub fn default_read_only_paths() -> Vec<ReadOnlyPath> {
         ("/lib64", true),
         ("/lib32", true),
         ("/libx32", true),
+        // The dynamic loader's cache (ld.so.conf is only read by ldconfig).
         ("/etc/ld.so.cache", true),
-        ("/etc/ld.so.conf", true),
-        ("/etc/ld.so.conf.d", true),
+        // TLS trust: /etc/ssl/certs links into /usr/share/ca-certificates.
         ("/etc/ssl", true),
-        ("/etc/ca-certificates", true),
         ("/etc/pki", true),
+        // Debian's alternatives (java, editor...), links into /usr.
         ("/etc/alternatives", true),
         ("/etc/localtime", true),
-        ("/etc/mime.types", true),
     ]
     .into_iter()
     .map(|(p, optional)| ReadOnlyPath {
@@ -457,7 +457,7 @@ impl MountPlan {
         b.ops.push(MountOp::Proc {
             target: cstring(&Builder::at(Path::new("/proc")))?,
         });
-        for file in MASKED_PROC_FILES {
+        for file in MASKED_PROC_FILES.iter().filter(|f| needs_mask(f)) {
             b.ops.push(MountOp::MaskFile {
                 target: cstring(&Builder::at(Path::new(file)))?,
             });
@@ -849,7 +849,7 @@ mod tests {
             .iter()
             .any(|p| p.starts_with("BindReadOnly") && p.contains("\"/.oldroot/usr\"")));
         assert!(ops.iter().any(|p| p.contains("size=67108864")));
-        for masked in ["/proc/keys", "/proc/timer_list", "/proc/kallsyms"] {
+        for masked in ["/proc/keys", "/proc/kallsyms"] {
             assert!(ops
                 .iter()
                 .any(|p| p.starts_with("MaskFile") && p.contains(masked)));

@@ -93,6 +93,10 @@ pub struct RunResult {
     pub limits: Limits,
     pub isolation: IsolationReport,
     pub error: Option<String>,
+    /// Where the time went, step by step (microseconds since the start of
+    /// the run at the end of each step); only when asked for.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub profile: Option<Vec<(String, u64)>>,
 }
 
 impl RunResult {
@@ -115,6 +119,7 @@ impl RunResult {
             limits,
             isolation: IsolationReport::default(),
             error: Some(message),
+            profile: None,
         }
     }
 

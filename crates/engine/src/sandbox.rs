@@ -74,6 +74,29 @@ pub struct Engine {
 /// `Engine` of the process.
 static RUN_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Where a run's time went, step by step, when the caller asks
+/// (`SandboxSpec::profile`): microseconds since `Engine::run` began at the
+/// end of each step. Costs a clock read per step.
+struct Profile {
+    start: Instant,
+    marks: Option<Vec<(String, u64)>>,
+}
+
+impl Profile {
+    fn new(on: bool) -> Profile {
+        Profile {
+            start: Instant::now(),
+            marks: on.then(Vec::new),
+        }
+    }
+
+    fn mark(&mut self, step: &str) {
+        if let Some(marks) = &mut self.marks {
+            marks.push((step.to_string(), self.start.elapsed().as_micros() as u64));
+        }
+    }
+}
+
 /// A setup failure before the program started, with the exit code a CLI
 /// should use (125 unless the program itself could not be executed).
 fn setup_failure(spec: &SandboxSpec, message: String) -> RunResult {
@@ -155,6 +178,7 @@ impl Engine {
 
     fn run_inner(&self, spec: &SandboxSpec) -> Result<RunResult, String> {
         let fail = |message: String| message;
+        let mut profile = Profile::new(spec.profile);
         // 1. Validate.
         spec.limits
             .validate(&self.config.max)
@@ -194,6 +218,7 @@ impl Engine {
             )));
         }
 
+        profile.mark("validate");
         // 3. Prepare.
         let mut read_only = self.config.read_only.clone();
         read_only.extend(spec.extra_read_only.iter().cloned());
@@ -231,6 +256,7 @@ impl Engine {
         let (sync_parent, sync_child) = crate::sys::seqpacket_pair()
             .map_err(|e| fail(format!("cannot create a socket pair: {e}")))?;
         let fprog = self.filter.as_fprog();
+        let exec_stack = child::ExecStack::new();
         let plan = ChildPlan {
             sync_fd: sync_child.as_raw_fd(),
             stdin_fd: stdin.as_ref().map(|f| f.as_raw_fd()),
@@ -250,30 +276,13 @@ impl Engine {
             exec_candidates: &exec.candidates,
             argv: &exec.argv_ptrs,
             envp: &exec.envp_ptrs,
+            exec_stack: &exec_stack,
         };
 
-        // 4. Ids and cgroup.
+        profile.mark("prepare the child's plan");
+        // 4. Ids. (The cgroup is created once the child is cloned, while
+        // it builds its root: see `launch`.)
         let host_ids = self.ids.acquire().map_err(|e| fail(e.to_string()))?;
-        let cgroup: Option<Box<dyn Cgroup>> = match &self.facts.cgroups {
-            Some(host) => {
-                let name = format!(
-                    "{}-{}",
-                    std::process::id(),
-                    RUN_COUNTER.fetch_add(1, Ordering::Relaxed)
-                );
-                // The sandbox's init is one of the cgroup's processes; the
-                // pids limit is the program's.
-                let limits = CgroupLimits {
-                    memory_bytes: spec.limits.memory_bytes,
-                    pids: spec.limits.pids + 1,
-                };
-                Some(
-                    host.create(&self.config.cgroup_parent, &name, &limits)
-                        .map_err(|e| fail(e.to_string()))?,
-                )
-            }
-            None => None,
-        };
         let isolation = IsolationReport {
             namespaces: NAMESPACES.iter().map(|s| s.to_string()).collect(),
             seccomp: Some(if self.facts.user_notif {
@@ -282,19 +291,27 @@ impl Engine {
                 "allow-list, denials not recorded (no user notification on this kernel)".to_string()
             }),
             landlock_abi: self.facts.landlock_abi,
-            cgroup: cgroup.as_ref().map(|c| c.version().to_string()),
+            cgroup: self
+                .facts
+                .cgroups
+                .as_ref()
+                .and_then(|h| h.version())
+                .map(|v| v.to_string()),
             host_uid: host_ids.uid,
             host_gid: host_ids.gid,
             rootless: self.facts.rootless,
             not_enforced,
         };
 
+        profile.mark("lease host ids");
         // 5.-9.
+        let mut cgroup: Option<Box<dyn Cgroup>> = None;
         let result = self.launch(
             spec,
+            &mut profile,
             &plan,
             &host_ids,
-            cgroup.as_deref(),
+            &mut cgroup,
             sync_parent,
             sync_child,
             stdout_r,
@@ -305,7 +322,9 @@ impl Engine {
         if let Some(cg) = cgroup {
             let _ = cg.destroy();
         }
+        profile.mark("remove the cgroup");
         result.isolation = isolation;
+        result.profile = profile.marks;
         drop(host_ids);
         Ok(result)
     }
@@ -314,22 +333,23 @@ impl Engine {
     fn launch(
         &self,
         spec: &SandboxSpec,
+        profile: &mut Profile,
         plan: &ChildPlan<'_>,
         host_ids: &idmap::HostIds,
-        cgroup: Option<&dyn Cgroup>,
+        cgroup_slot: &mut Option<Box<dyn Cgroup>>,
         sync_parent: OwnedFd,
         sync_child: OwnedFd,
         stdout_r: OwnedFd,
         stderr_r: OwnedFd,
         child_ends: (OwnedFd, OwnedFd, Option<OwnedFd>),
     ) -> Result<RunResult, String> {
-        let spawned = Instant::now();
         let (pid, pidfd) = clone_sandbox(plan).map_err(|e| {
             format!(
                 "cannot create the sandbox's namespaces: {e}{}",
                 clone_hint(&e)
             )
         })?;
+        profile.mark("clone into new namespaces");
         // The child holds its own copies now.
         drop(sync_child);
         drop(child_ends);
@@ -339,27 +359,49 @@ impl Engine {
             reaped: false,
         };
 
-        // 6. Maps and cgroup, then let init build its root.
+        // 6. Maps, then init builds its root while the cgroup is created
+        // and init moved into it (two cores' work at once; init enters
+        // its cgroup namespace only after the next go-ahead).
         idmap::write_maps(pid, host_ids, self.facts.rootless).map_err(|e| e.to_string())?;
-        if let Some(cg) = cgroup {
-            cg.add_process(pid).map_err(|e| e.to_string())?;
-        }
         crate::sys::write_all(sync_parent.as_fd(), b"G")
             .map_err(|e| format!("sandbox init died early: {e}"))?;
-
+        profile.mark("write id maps");
+        if let Some(host) = &self.facts.cgroups {
+            let name = format!(
+                "{}-{}",
+                std::process::id(),
+                RUN_COUNTER.fetch_add(1, Ordering::Relaxed)
+            );
+            // The sandbox's init is one of the cgroup's processes; the pids
+            // limit is the program's.
+            let limits = CgroupLimits {
+                memory_bytes: spec.limits.memory_bytes,
+                pids: spec.limits.pids + 1,
+            };
+            let cg = cgroup_slot.insert(
+                host.create(&self.config.cgroup_parent, &name, &limits)
+                    .map_err(|e| e.to_string())?,
+            );
+            cg.add_process(pid).map_err(|e| e.to_string())?;
+        }
+        let cgroup = cgroup_slot.as_deref();
+        profile.mark("create the cgroup, move init into it");
         // 7. Inputs.
         let sandbox_dir = expect_ready(&sync_parent)?;
+        profile.mark("init: mounts and pivot_root");
         let (uid, gid) = (host_ids.uid, host_ids.gid);
         crate::workspace::copy_in(sandbox_dir.as_fd(), &spec.files, &spec.inline_files, &|f| {
             crate::sys::with_fs_ids(uid, gid, f)
         })
         .map_err(|e| e.to_string())?;
 
+        profile.mark("copy inputs in");
         // 8. Release the program; the listener arrives just before it starts.
         let cpu_baseline_ns = cgroup.and_then(|c| c.cpu_time_ns().ok()).unwrap_or(0);
         crate::sys::write_all(sync_parent.as_fd(), b"G")
             .map_err(|e| format!("sandbox init died early: {e}"))?;
         let listener = expect_listener(&sync_parent, self.facts.user_notif)?;
+        profile.mark("init: privileges, Landlock, seccomp");
         let started = Instant::now();
         let outcome = supervisor::supervise(
             Watch {
@@ -378,6 +420,7 @@ impl Engine {
             listener,
             started,
         );
+        profile.mark("the program, until its end");
         let _ = child.reap();
 
         // 9. Usage, outputs, status.
@@ -438,11 +481,11 @@ impl Engine {
             }
             None => (Vec::new(), Vec::new()),
         };
+        profile.mark("reap init, read usage");
         let memory_peak_bytes = match &usage {
             Some(u) => u.memory_peak_bytes,
             None => outcome.reaped_max_rss_kb * 1024,
         };
-        let _ = spawned;
         let mut notes = Vec::new();
         if status == Status::SetupError {
             notes.push("the sandbox's init ended without reporting the program's exit".to_string());
@@ -491,6 +534,7 @@ impl Engine {
             limits: spec.limits.clone(),
             isolation: IsolationReport::default(),
             error,
+            profile: None,
         })
     }
 }

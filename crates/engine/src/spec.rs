@@ -261,6 +261,9 @@ pub struct SandboxSpec {
     /// Run even if some limit or isolation layer cannot be enforced on this
     /// host; the result then lists what was not enforced.
     pub allow_degraded: bool,
+    /// Report where the run's time went (`RunResult::profile`).
+    #[serde(default)]
+    pub profile: bool,
 }
 
 impl SandboxSpec {
@@ -278,6 +281,7 @@ impl SandboxSpec {
             extra_read_only: Vec::new(),
             workdir: "/sandbox".to_string(),
             allow_degraded: false,
+            profile: false,
         }
     }
 }

@@ -258,15 +258,19 @@ pub fn egid() -> u32 {
     unsafe { libc::getegid() }
 }
 
-/// Number of online CPUs (at least 1).
+/// Number of online CPUs (at least 1), read once per process (glibc reads
+/// a sysfs file for it each time).
 pub fn online_cpus() -> u64 {
-    // SAFETY: sysconf cannot fail in a harmful way.
-    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    if n < 1 {
-        1
-    } else {
-        n as u64
-    }
+    static CPUS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| {
+        // SAFETY: sysconf cannot fail in a harmful way.
+        let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+        if n < 1 {
+            1
+        } else {
+            n as u64
+        }
+    })
 }
 
 /// statvfs on an open descriptor: (free blocks for the unprivileged, free inodes).
