@@ -78,6 +78,21 @@ pub fn host_report(config: EngineConfig) -> HostReport {
         None => (false, "cannot read /proc/self/mountinfo".to_string()),
     };
     items.push(item("cgroups", cgroup_ok, cgroup_detail));
+    let fast_migration = std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|m| {
+            m.lines()
+                .any(|l| l.contains(" - cgroup") && l.contains("favordynmods"))
+        })
+        .unwrap_or(false);
+    items.push(item(
+        "cgroup moves",
+        true,
+        if fast_migration {
+            "fast: a cgroup hierarchy is mounted with favordynmods"
+        } else {
+            "may wait for an RCU grace period (milliseconds) per run; `mount -o remount,favordynmods /sys/fs/cgroup` (or any cgroup mount) makes them fast"
+        },
+    ));
     items.push(item(
         "seccomp user notification",
         facts.user_notif,
