@@ -18,8 +18,11 @@
 //! 5. stdio, working directory, then privileges: capabilities dropped,
 //!    no_new_privs, rlimits, Landlock, and seccomp last (it would forbid
 //!    the steps before it), its listener handed to the supervisor;
-//! 6. start the program (pid 2, vfork-style: new session, fds above 2 closed, execve),
-//!    and reap until it exits; the exit of init kills everything else.
+//! 6. for each stage (a compile, then a run; or just a run): its stdio, its
+//!    program (vfork-style: new session, fds above 2 closed, the stage's
+//!    rlimits, execve), reap until it exits, kill and reap whatever it left,
+//!    report; between stages wait for the go-ahead. init's exit at the end
+//!    takes the namespaces down.
 
 use crate::caps;
 use crate::child_error::{check, check_int, last_errno, ChildFailure};
@@ -116,26 +119,39 @@ pub enum SeccompStep<'a> {
     Errno(&'a libc::sock_fprog),
 }
 
-/// Everything init needs, prepared by the supervisor before the clone.
-pub struct ChildPlan<'a> {
-    pub sync_fd: RawFd,
+/// Most stages one sandbox runs (a compile and a run need two).
+pub const MAX_STAGES: usize = 4;
+
+/// One program to run in the sandbox, prepared by the supervisor.
+pub struct StagePlan<'a> {
     pub stdin_fd: Option<RawFd>,
     pub stdout_fd: RawFd,
     pub stderr_fd: RawFd,
+    /// This stage's rlimits, set by pid 2 before its execve (only lower
+    /// than init's, which are the highest of all stages).
+    pub rlimits: &'a RlimitPlan,
+    /// Paths to try for the program, in order (PATH lookup done ahead).
+    pub exec_candidates: &'a [CString],
+    /// NULL-terminated argv and envp arrays pointing into owned CStrings.
+    pub argv: &'a [*const libc::c_char],
+    pub envp: &'a [*const libc::c_char],
+}
+
+/// Everything init needs, prepared by the supervisor before the clone.
+pub struct ChildPlan<'a> {
+    pub sync_fd: RawFd,
     /// Drop supplementary groups (possible when the supervisor is root;
     /// a rootless user namespace has setgroups denied).
     pub clear_groups: bool,
     pub mounts: &'a MountPlan,
     pub workdir: &'a CString,
     pub last_cap: u32,
+    /// init's own rlimits: for each limit, the highest any stage has.
     pub rlimits: &'a RlimitPlan,
     pub landlock: Option<&'a LandlockPlan>,
     pub seccomp: SeccompStep<'a>,
-    /// Paths to try for the program, in order (PATH lookup done ahead).
-    pub exec_candidates: &'a [CString],
-    /// NULL-terminated argv and envp arrays pointing into owned CStrings.
-    pub argv: &'a [*const libc::c_char],
-    pub envp: &'a [*const libc::c_char],
+    /// The programs, run one after the other (1 to MAX_STAGES).
+    pub stages: &'a [StagePlan<'a>],
     /// pid 2's stack until its execve.
     pub exec_stack: &'a ExecStack,
 }
@@ -239,10 +255,10 @@ fn set_ids(clear_groups: bool) -> Result<(), ChildFailure> {
 /// a supervisor that may be running other sandboxes on other threads, and
 /// init must not hold their pipes open (nor see them). No allocation: the
 /// list is sorted in place.
-fn close_all_but(mut keep: [RawFd; 5]) {
+fn close_all_but(keep: &mut [RawFd]) {
     keep.sort_unstable();
     let mut next: libc::c_uint = 0;
-    for fd in keep {
+    for &mut fd in keep {
         if fd < 0 || (fd as libc::c_uint) < next {
             continue;
         }
@@ -301,13 +317,15 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
     // The supervisor's umask is not ours: every mode below is meant as written.
     // SAFETY: umask cannot fail; the child has its own copy of it.
     unsafe { libc::umask(0) };
-    close_all_but([
-        plan.sync_fd,
-        plan.stdin_fd.unwrap_or(-1),
-        plan.stdout_fd,
-        plan.stderr_fd,
-        plan.landlock.map_or(-1, |l| l.ruleset_fd()),
-    ]);
+    let mut keep = [-1 as RawFd; 2 + 3 * MAX_STAGES];
+    keep[0] = plan.sync_fd;
+    keep[1] = plan.landlock.map_or(-1, |l| l.ruleset_fd());
+    for (i, stage) in plan.stages.iter().take(MAX_STAGES).enumerate() {
+        keep[2 + 3 * i] = stage.stdin_fd.unwrap_or(-1);
+        keep[3 + 3 * i] = stage.stdout_fd;
+        keep[4 + 3 * i] = stage.stderr_fd;
+    }
+    close_all_but(&mut keep);
     wait_for_go(plan.sync_fd);
 
     // 3. Files created during setup must belong to a mapped id. The user
@@ -359,22 +377,12 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
         "create the cgroup namespace",
     )?;
 
-    // 6. Standard streams and working directory.
-    // SAFETY: dup2/open/chdir on descriptors and strings we own.
-    unsafe {
-        let stdin = match plan.stdin_fd {
-            Some(fd) => fd,
-            None => check_int(
-                libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC),
-                "open /dev/null for stdin",
-            )?,
-        };
-        install_stdio([stdin, plan.stdout_fd, plan.stderr_fd])?;
-        check_int(
-            libc::chdir(plan.workdir.as_ptr()),
-            "enter the working directory",
-        )?;
-    }
+    // 6. Working directory.
+    check_int(
+        // SAFETY: a C string we own.
+        unsafe { libc::chdir(plan.workdir.as_ptr()) },
+        "enter the working directory",
+    )?;
 
     // Privileges: capabilities first (dropping the bounding set needs
     // CAP_SETPCAP), then no_new_privs (Landlock and seccomp require it).
@@ -408,33 +416,90 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
         }
     }
 
-    // 7. The program runs as pid 2; init stays to reap and report.
+    // 7. Each stage's program runs as a child of init; init stays to reap
+    // and report, and waits for the go-ahead before each later stage.
+    for (index, stage) in plan.stages.iter().enumerate() {
+        if index > 0 {
+            wait_for_go(plan.sync_fd);
+        }
+        run_stage(plan, index, stage)?;
+    }
+    // Stay until the supervisor is done with the sandbox (it closes the
+    // socket): our exit takes the namespaces down.
+    wait_for_go(plan.sync_fd);
+    Ok(())
+}
+
+/// What pid 2's entry point needs: the plan and which stage to run.
+struct Launch<'p, 'a> {
+    plan: &'p ChildPlan<'a>,
+    stage: &'p StagePlan<'a>,
+}
+
+/// Runs one stage: its standard streams, its program (pid 2 the first
+/// time), its end, and then nothing of it left: init kills every other
+/// process of the sandbox and reaps them before reporting, so the next
+/// stage starts alone and the supervisor sees EOF on the stage's pipes.
+fn run_stage(
+    plan: &ChildPlan<'_>,
+    index: usize,
+    stage: &StagePlan<'_>,
+) -> Result<(), ChildFailure> {
+    let stdin = match stage.stdin_fd {
+        Some(fd) => fd,
+        None => check_int(
+            // SAFETY: constant path.
+            unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) },
+            "open /dev/null for stdin",
+        )?,
+    };
+    install_stdio([stdin, stage.stdout_fd, stage.stderr_fd])?;
+    // The stage's own descriptors now live on as 0, 1 and 2 only, which
+    // init closes once the program has them: the supervisor must see EOF
+    // when the program's side is done. (A descriptor that was itself 0, 1
+    // or 2 has already been replaced by install_stdio.)
+    for fd in [stdin, stage.stdout_fd, stage.stderr_fd] {
+        if fd > 2 {
+            // SAFETY: our own descriptor.
+            unsafe { libc::close(fd) };
+        }
+    }
     // vfork-style (CLONE_VM | CLONE_VFORK, as posix_spawn does): the child
     // borrows init's memory on its own stack until its execve, and init
     // waits until then. No page tables are copied.
+    let launch = Launch { plan, stage };
     let stack_top = plan.exec_stack.as_ptr_range().end as *mut libc::c_void;
     let pid = check_int(
         // SAFETY: `stack_top` ends a live buffer reserved for this child's
-        // stack (16-byte aligned: see `ExecStack`); `plan` outlives the
-        // child's use of it, since init is suspended until the execve.
+        // stack (16-byte aligned: see `ExecStack`); `launch` and the plan
+        // outlive the child's use of them, since init is suspended until
+        // the execve.
         unsafe {
             libc::clone(
                 exec_trampoline,
                 stack_top,
                 libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-                plan as *const ChildPlan<'_> as *mut libc::c_void,
+                &launch as *const Launch<'_, '_> as *mut libc::c_void,
             )
         },
         "start the program",
     )?;
-    send(plan.sync_fd, &Message::new(Message::STARTED), None)?;
+    let mut started = Message::new(Message::STARTED);
+    started.status = index as i32;
+    send(plan.sync_fd, &started, None)?;
     // SAFETY: closing init's copies of the standard streams.
     unsafe {
         libc::close(0);
         libc::close(1);
         libc::close(2);
     }
-    reap_until_exit(plan.sync_fd, pid)
+    let mut exited = reap_until(pid)?;
+    // Whatever the program left behind dies now. kill(-1) reaches every
+    // process of the namespace but init itself.
+    // SAFETY: kill with integer arguments.
+    unsafe { libc::kill(-1, libc::SIGKILL) };
+    reap_all(&mut exited);
+    send(plan.sync_fd, &exited, None)
 }
 
 /// Makes `fds` the standard streams 0, 1 and 2. Each is first copied above
@@ -455,6 +520,8 @@ fn install_stdio(fds: [RawFd; 3]) -> Result<(), ChildFailure> {
             unsafe { libc::dup2(copy, target as RawFd) },
             "set up a standard stream",
         )?;
+        // SAFETY: our own temporary copy.
+        unsafe { libc::close(copy) };
     }
     Ok(())
 }
@@ -476,14 +543,14 @@ impl ExecStack {
 
 /// clone(2)'s entry point for pid 2.
 extern "C" fn exec_trampoline(arg: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: `arg` is the `&ChildPlan` init passed to clone, alive and
+    // SAFETY: `arg` is the `&Launch` init passed to clone, alive and
     // unchanged while init waits for this child's execve.
-    let plan = unsafe { &*(arg as *const ChildPlan<'_>) };
-    exec_program(plan)
+    let launch = unsafe { &*(arg as *const Launch<'_, '_>) };
+    exec_program(launch.plan, launch.stage)
 }
 
 /// pid 2: a new session, nothing inherited but stdio, then execve.
-fn exec_program(plan: &ChildPlan<'_>) -> ! {
+fn exec_program(plan: &ChildPlan<'_>, stage: &StagePlan<'_>) -> ! {
     // SAFETY: setsid, umask and close_range take no pointers. CLOSE_RANGE_CLOEXEC
     // keeps the sync socket usable for reporting an exec failure, while
     // guaranteeing that nothing above fd 2 survives a successful execve.
@@ -499,10 +566,20 @@ fn exec_program(plan: &ChildPlan<'_>) -> ! {
             libc::CLOSE_RANGE_CLOEXEC,
         );
     }
+    // This stage's own rlimits (lower than or equal to init's).
+    if let Err(failure) = stage.rlimits.apply_in_child() {
+        let _ = send(
+            plan.sync_fd,
+            &Message::failure(Message::EXEC_FAILED, failure),
+            None,
+        );
+        // SAFETY: _exit never returns.
+        unsafe { libc::_exit(126) }
+    }
     let mut errno = libc::ENOENT;
-    for path in plan.exec_candidates {
+    for path in stage.exec_candidates {
         // SAFETY: path, argv and envp are NUL-terminated and live.
-        unsafe { libc::execve(path.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr()) };
+        unsafe { libc::execve(path.as_ptr(), stage.argv.as_ptr(), stage.envp.as_ptr()) };
         let e = last_errno("execve").errno;
         // Like execvp: remember a permission error, keep looking on ENOENT.
         if e != libc::ENOENT && e != libc::ENOTDIR {
@@ -524,12 +601,10 @@ fn exec_program(plan: &ChildPlan<'_>) -> ! {
     unsafe { libc::_exit(127) }
 }
 
-/// Reaps every process until `main` exits, then reports and exits; the
-/// kernel then kills whatever is left in the pid namespace.
-fn reap_until_exit(sync_fd: RawFd, main: libc::pid_t) -> Result<(), ChildFailure> {
-    let mut cpu_us: u64 = 0;
-    let mut max_rss_kb: u64 = 0;
-    let mut signals_seen: u64 = 0;
+/// Reaps every process until `main` exits; returns the EXITED message for
+/// it, with the CPU time and largest RSS of everything reaped so far.
+fn reap_until(main: libc::pid_t) -> Result<Message, ChildFailure> {
+    let mut m = Message::new(Message::EXITED);
     loop {
         let mut status = 0;
         // SAFETY: an all-zero rusage is valid for the kernel to fill.
@@ -543,23 +618,40 @@ fn reap_until_exit(sync_fd: RawFd, main: libc::pid_t) -> Result<(), ChildFailure
             }
             return Err(failure);
         }
-        cpu_us += (usage.ru_utime.tv_sec as u64) * 1_000_000
-            + usage.ru_utime.tv_usec as u64
-            + (usage.ru_stime.tv_sec as u64) * 1_000_000
-            + usage.ru_stime.tv_usec as u64;
-        max_rss_kb = max_rss_kb.max(usage.ru_maxrss as u64);
-        if libc::WIFSIGNALED(status) {
-            signals_seen |= 1u64 << (libc::WTERMSIG(status) as u32 & 63);
-        }
+        account(&mut m, status, &usage, true);
         if pid == main {
-            let mut m = Message::new(Message::EXITED);
             m.status = status;
-            m.cpu_us = cpu_us;
-            m.max_rss_kb = max_rss_kb;
-            m.signals_seen = signals_seen;
-            let _ = send(sync_fd, &m, None);
-            // SAFETY: _exit never returns.
-            unsafe { libc::_exit(0) };
+            return Ok(m);
         }
+    }
+}
+
+/// Reaps whatever is left after the kill, counting its CPU time (not its
+/// SIGKILL, which was ours).
+fn reap_all(m: &mut Message) {
+    loop {
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is valid for the kernel to fill.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: pointers to locals.
+        let pid = unsafe { libc::wait4(-1, &mut status, libc::__WALL, &mut usage) };
+        if pid < 0 {
+            if last_errno("").errno == libc::EINTR {
+                continue;
+            }
+            return; // ECHILD: nobody left.
+        }
+        account(m, status, &usage, false);
+    }
+}
+
+fn account(m: &mut Message, status: i32, usage: &libc::rusage, count_signal: bool) {
+    m.cpu_us += (usage.ru_utime.tv_sec as u64) * 1_000_000
+        + usage.ru_utime.tv_usec as u64
+        + (usage.ru_stime.tv_sec as u64) * 1_000_000
+        + usage.ru_stime.tv_usec as u64;
+    m.max_rss_kb = m.max_rss_kb.max(usage.ru_maxrss as u64);
+    if count_signal && libc::WIFSIGNALED(status) {
+        m.signals_seen |= 1u64 << (libc::WTERMSIG(status) as u32 & 63);
     }
 }

@@ -16,19 +16,19 @@
 //! `Engine` is `Sync`: many threads may run sandboxes at once. Nothing here
 //! depends on the caller's current directory, umask or signal handlers.
 
-use crate::cgroups::{Cgroup, CgroupLimits, HostCgroups};
-use crate::child::{self, ChildPlan, Message, SeccompStep};
+use crate::cgroups::{Cgroup, CgroupLimits, CgroupUsage, HostCgroups};
+use crate::child::{self, ChildPlan, Message, SeccompStep, StagePlan};
 use crate::config::EngineConfig;
 use crate::idmap::{self, IdAllocator};
 use crate::landlock::{self, LandlockPlan, NetPolicy};
 use crate::mounts::MountPlan;
 use crate::result::{classify, IsolationReport, RunResult, Status};
 use crate::rlimits::RlimitPlan;
-use crate::seccomp::{self, CompiledFilter, DenyMode, Policy};
-use crate::spec::SandboxSpec;
+use crate::seccomp::{self, CompiledFilter, DenyMode, Notifier, Policy};
+use crate::spec::{Limits, SandboxSpec};
 use crate::supervisor::{self, Watch};
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -170,32 +170,63 @@ impl Engine {
     }
 
     /// Runs one sandbox and reports what happened. Never panics on bad
-    /// input: every failure is a result with status `setup_error`.
+    /// input: every failure is a result with status `setup_error`. With
+    /// `before` stages, this is the main program's result, or the result of
+    /// the stage that failed and stopped the run.
     pub fn run(&self, spec: &SandboxSpec) -> RunResult {
-        self.run_inner(spec)
-            .unwrap_or_else(|message| setup_failure(spec, message))
+        let staged = self.run_staged(spec);
+        match staged.main {
+            Some(main) => main,
+            None => staged
+                .before
+                .into_iter()
+                .last()
+                .unwrap_or_else(|| setup_failure(spec, "nothing ran".to_string())),
+        }
     }
 
-    fn run_inner(&self, spec: &SandboxSpec) -> Result<RunResult, String> {
-        let fail = |message: String| message;
+    /// Runs `spec.before` stages and then the main program, one after the
+    /// other in the same sandbox: same namespaces and the same /sandbox and
+    /// /tmp, each stage with its own limits, output and result. A stage
+    /// that does not end with status `ok` stops the run.
+    pub fn run_staged(&self, spec: &SandboxSpec) -> StagedResult {
+        match self.run_inner(spec) {
+            Ok(result) => result,
+            Err(message) => StagedResult {
+                before: Vec::new(),
+                main: Some(setup_failure(spec, message)),
+            },
+        }
+    }
+
+    fn run_inner(&self, spec: &SandboxSpec) -> Result<StagedResult, String> {
         let mut profile = Profile::new(spec.profile);
+        let stages = stages_of(spec);
         // 1. Validate.
-        spec.limits
-            .validate(&self.config.max)
-            .map_err(|e| fail(e.to_string()))?;
+        if stages.len() > child::MAX_STAGES {
+            return Err(format!(
+                "at most {} stages run in one sandbox, {} were given",
+                child::MAX_STAGES,
+                stages.len()
+            ));
+        }
+        for stage in &stages {
+            stage
+                .limits
+                .validate(&self.config.max)
+                .map_err(|e| e.to_string())?;
+        }
         for f in &spec.files {
-            crate::workspace::validate_sandbox_path(&f.sandbox_path)
-                .map_err(|e| fail(e.to_string()))?;
+            crate::workspace::validate_sandbox_path(&f.sandbox_path).map_err(|e| e.to_string())?;
         }
         for f in &spec.inline_files {
-            crate::workspace::validate_sandbox_path(&f.sandbox_path)
-                .map_err(|e| fail(e.to_string()))?;
+            crate::workspace::validate_sandbox_path(&f.sandbox_path).map_err(|e| e.to_string())?;
         }
         if !spec.workdir.starts_with('/') {
-            return Err(fail(format!(
+            return Err(format!(
                 "working directory {:?} must be absolute",
                 spec.workdir
-            )));
+            ));
         }
 
         // 2. Enforceability.
@@ -207,7 +238,7 @@ impl Engine {
                 .push("cpu-time limit across processes (per-process RLIMIT_CPU only)".to_string());
         }
         if !not_enforced.is_empty() && !spec.allow_degraded {
-            return Err(fail(format!(
+            return Err(format!(
                 "cannot enforce on this host: {}. {} Run `formicary check` for details, or pass --allow-degraded to run anyway.",
                 not_enforced.join(", "),
                 if self.facts.rootless {
@@ -215,15 +246,20 @@ impl Engine {
                 } else {
                     "Mount the cgroup memory, pids and cpuacct controllers (v1) or a cgroup2 tree with them enabled."
                 }
-            )));
+            ));
         }
-
         profile.mark("validate");
-        // 3. Prepare.
+
+        // 3. Prepare. One writable tmpfs serves every stage: it is as large
+        // as the largest disk limit among them.
+        let disk_bytes = stages
+            .iter()
+            .map(|s| s.limits.disk_bytes)
+            .max()
+            .unwrap_or(spec.limits.disk_bytes);
         let mut read_only = self.config.read_only.clone();
         read_only.extend(spec.extra_read_only.iter().cloned());
-        let mounts = MountPlan::prepare(&read_only, spec.limits.disk_bytes)
-            .map_err(|e| fail(e.to_string()))?;
+        let mounts = MountPlan::prepare(&read_only, disk_bytes).map_err(|e| e.to_string())?;
         let landlock_plan = match self.facts.landlock_abi {
             Some(abi) => Some(
                 LandlockPlan::prepare(
@@ -233,56 +269,51 @@ impl Engine {
                         connect_tcp_ports: Vec::new(),
                     },
                 )
-                .map_err(|e| fail(e.to_string()))?,
+                .map_err(|e| e.to_string())?,
             ),
             None => None,
         };
-        let rlimits = RlimitPlan::from_limits(&spec.limits).map_err(|e| fail(e.to_string()))?;
-        let exec = ExecPlan::new(spec).map_err(fail)?;
+        let init_rlimits =
+            RlimitPlan::from_limits(&highest_limits(&stages)).map_err(|e| e.to_string())?;
+        let mut prepared = Vec::with_capacity(stages.len());
+        let mut stage_fds = Vec::with_capacity(stages.len());
+        for stage in &stages {
+            let (p, fds) = PreparedStage::new(stage)?;
+            prepared.push(p);
+            stage_fds.push(fds);
+        }
         let workdir = CString::new(spec.workdir.as_bytes())
-            .map_err(|_| fail("working directory contains NUL".into()))?;
-        let stdin = if spec.stdin.is_empty() {
-            None
-        } else {
-            Some(
-                crate::sys::sealed_memfd(c"stdin", &spec.stdin)
-                    .map_err(|e| fail(format!("cannot hold stdin: {e}")))?,
-            )
-        };
-        let (stdout_r, stdout_w) =
-            crate::sys::pipe().map_err(|e| fail(format!("cannot create a pipe: {e}")))?;
-        let (stderr_r, stderr_w) =
-            crate::sys::pipe().map_err(|e| fail(format!("cannot create a pipe: {e}")))?;
+            .map_err(|_| "working directory contains NUL".to_string())?;
         let (sync_parent, sync_child) = crate::sys::seqpacket_pair()
-            .map_err(|e| fail(format!("cannot create a socket pair: {e}")))?;
+            .map_err(|e| format!("cannot create a socket pair: {e}"))?;
         let fprog = self.filter.as_fprog();
         let exec_stack = child::ExecStack::new();
+        let stage_plans: Vec<StagePlan<'_>> = prepared
+            .iter()
+            .zip(&stage_fds)
+            .map(|(p, fds)| p.plan(fds))
+            .collect();
         let plan = ChildPlan {
             sync_fd: sync_child.as_raw_fd(),
-            stdin_fd: stdin.as_ref().map(|f| f.as_raw_fd()),
-            stdout_fd: stdout_w.as_raw_fd(),
-            stderr_fd: stderr_w.as_raw_fd(),
             clear_groups: !self.facts.rootless,
             mounts: &mounts,
             workdir: &workdir,
             last_cap: self.facts.last_cap,
-            rlimits: &rlimits,
+            rlimits: &init_rlimits,
             landlock: landlock_plan.as_ref(),
             seccomp: if self.facts.user_notif {
                 SeccompStep::Notify(&fprog)
             } else {
                 SeccompStep::Errno(&fprog)
             },
-            exec_candidates: &exec.candidates,
-            argv: &exec.argv_ptrs,
-            envp: &exec.envp_ptrs,
+            stages: &stage_plans,
             exec_stack: &exec_stack,
         };
-
         profile.mark("prepare the child's plan");
+
         // 4. Ids. (The cgroup is created once the child is cloned, while
         // it builds its root: see `launch`.)
-        let host_ids = self.ids.acquire().map_err(|e| fail(e.to_string()))?;
+        let host_ids = self.ids.acquire().map_err(|e| e.to_string())?;
         let isolation = IsolationReport {
             namespaces: NAMESPACES.iter().map(|s| s.to_string()).collect(),
             seccomp: Some(if self.facts.user_notif {
@@ -302,47 +333,52 @@ impl Engine {
             rootless: self.facts.rootless,
             not_enforced,
         };
-
         profile.mark("lease host ids");
+
         // 5.-9.
         let mut cgroup: Option<Box<dyn Cgroup>> = None;
-        let result = self.launch(
+        let launched = self.launch(
             spec,
+            &stages,
             &mut profile,
             &plan,
             &host_ids,
             &mut cgroup,
             sync_parent,
             sync_child,
-            stdout_r,
-            stderr_r,
-            (stdout_w, stderr_w, stdin),
+            &mut stage_fds,
         );
-        let mut result = result.unwrap_or_else(|message| setup_failure(spec, message));
+        let mut staged = launched.unwrap_or_else(|message| StagedResult {
+            before: Vec::new(),
+            main: Some(setup_failure(spec, message)),
+        });
         if let Some(cg) = cgroup {
             let _ = cg.destroy();
         }
         profile.mark("remove the cgroup");
-        result.isolation = isolation;
-        result.profile = profile.marks;
+        for result in staged.before.iter_mut().chain(staged.main.iter_mut()) {
+            result.isolation = isolation.clone();
+        }
+        if let Some(last) = staged.main.as_mut().or(staged.before.last_mut()) {
+            last.profile = profile.marks;
+        }
         drop(host_ids);
-        Ok(result)
+        Ok(staged)
     }
 
     #[allow(clippy::too_many_arguments)]
     fn launch(
         &self,
         spec: &SandboxSpec,
+        stages: &[StageRef<'_>],
         profile: &mut Profile,
         plan: &ChildPlan<'_>,
         host_ids: &idmap::HostIds,
         cgroup_slot: &mut Option<Box<dyn Cgroup>>,
         sync_parent: OwnedFd,
         sync_child: OwnedFd,
-        stdout_r: OwnedFd,
-        stderr_r: OwnedFd,
-        child_ends: (OwnedFd, OwnedFd, Option<OwnedFd>),
-    ) -> Result<RunResult, String> {
+        stage_fds: &mut [StageFds],
+    ) -> Result<StagedResult, String> {
         let (pid, pidfd) = clone_sandbox(plan).map_err(|e| {
             format!(
                 "cannot create the sandbox's namespaces: {e}{}",
@@ -352,7 +388,9 @@ impl Engine {
         profile.mark("clone into new namespaces");
         // The child holds its own copies now.
         drop(sync_child);
-        drop(child_ends);
+        for fds in stage_fds.iter_mut() {
+            fds.drop_child_ends();
+        }
         let child = ChildGuard {
             pid,
             pidfd,
@@ -372,20 +410,19 @@ impl Engine {
                 std::process::id(),
                 RUN_COUNTER.fetch_add(1, Ordering::Relaxed)
             );
-            // The sandbox's init is one of the cgroup's processes; the pids
-            // limit is the program's.
-            let limits = CgroupLimits {
-                memory_bytes: spec.limits.memory_bytes,
-                pids: spec.limits.pids + 1,
-            };
             let cg = cgroup_slot.insert(
-                host.create(&self.config.cgroup_parent, &name, &limits)
-                    .map_err(|e| e.to_string())?,
+                host.create(
+                    &self.config.cgroup_parent,
+                    &name,
+                    &cgroup_limits(stages[0].limits),
+                )
+                .map_err(|e| e.to_string())?,
             );
             cg.add_process(pid).map_err(|e| e.to_string())?;
         }
         let cgroup = cgroup_slot.as_deref();
         profile.mark("create the cgroup, move init into it");
+
         // 7. Inputs.
         let sandbox_dir = expect_ready(&sync_parent)?;
         profile.mark("init: mounts and pivot_root");
@@ -394,57 +431,120 @@ impl Engine {
             crate::sys::with_fs_ids(uid, gid, f)
         })
         .map_err(|e| e.to_string())?;
-
         profile.mark("copy inputs in");
-        // 8. Release the program; the listener arrives just before it starts.
-        let cpu_baseline_ns = cgroup.and_then(|c| c.cpu_time_ns().ok()).unwrap_or(0);
-        crate::sys::write_all(sync_parent.as_fd(), b"G")
-            .map_err(|e| format!("sandbox init died early: {e}"))?;
-        let listener = expect_listener(&sync_parent, self.facts.user_notif)?;
-        profile.mark("init: privileges, Landlock, seccomp");
-        let started = Instant::now();
-        let outcome = supervisor::supervise(
-            Watch {
-                sync: sync_parent.as_fd(),
-                stdout: stdout_r,
-                stderr: stderr_r,
-                init_pidfd: child.pidfd.as_fd(),
-                cgroup,
-                policy: self.policy,
-                wall_limit: Duration::from_millis(spec.limits.wall_time_ms),
-                cpu_limit: Duration::from_millis(spec.limits.cpu_time_ms),
-                output_limit: spec.limits.output_bytes,
-                cpu_baseline_ns,
-                init_pid: pid,
-            },
-            listener,
-            started,
-        );
-        profile.mark("the program, until its end");
-        let _ = child.reap();
 
-        // 9. Usage, outputs, status.
+        // 8. Each stage: release it, supervise it, read what it did.
+        let mut results = Vec::with_capacity(stages.len());
+        let mut notifier: Option<Notifier> = None;
+        for (index, stage) in stages.iter().enumerate() {
+            let last = index + 1 == stages.len();
+            let baseline = match cgroup {
+                Some(cg) => {
+                    if index > 0 {
+                        cg.update_limits(&cgroup_limits(stage.limits))
+                            .map_err(|e| e.to_string())?;
+                        let _ = cg.reset_peak();
+                    }
+                    cg.usage().ok()
+                }
+                None => None,
+            };
+            crate::sys::write_all(sync_parent.as_fd(), b"G")
+                .map_err(|e| format!("the sandbox's init is gone: {e}"))?;
+            if index == 0 {
+                // The listener arrives just before the first program starts.
+                notifier = expect_listener(&sync_parent, self.facts.user_notif)?.map(Notifier::new);
+                profile.mark("init: privileges, Landlock, seccomp");
+            }
+            let (stdout_r, stderr_r) = stage_fds[index].take_readers()?;
+            let started = Instant::now();
+            let outcome = supervisor::supervise(
+                Watch {
+                    sync: sync_parent.as_fd(),
+                    stdout: stdout_r,
+                    stderr: stderr_r,
+                    init_pidfd: child.pidfd.as_fd(),
+                    cgroup,
+                    policy: self.policy,
+                    wall_limit: Duration::from_millis(stage.limits.wall_time_ms),
+                    cpu_limit: Duration::from_millis(stage.limits.cpu_time_ms),
+                    output_limit: stage.limits.output_bytes,
+                    cpu_baseline_ns: baseline.as_ref().map_or(0, |u| u.cpu_time_ns),
+                    init_pid: pid,
+                },
+                notifier.as_ref(),
+                started,
+            );
+            if last {
+                profile.mark("the program, until its end");
+            }
+            let result = self.stage_result(
+                spec,
+                stage,
+                last,
+                outcome,
+                cgroup,
+                baseline.as_ref(),
+                sandbox_dir.as_fd(),
+            )?;
+            let ok = result.status == Status::Ok;
+            results.push(result);
+            if !ok {
+                break;
+            }
+        }
+
+        // 9. Let init go (its exit takes the namespaces down) and reap it.
+        drop(sync_parent);
+        let _ = child.reap();
+        profile.mark("reap init");
+        let main = if results.len() == stages.len() {
+            results.pop()
+        } else {
+            None
+        };
+        Ok(StagedResult {
+            before: results,
+            main,
+        })
+    }
+
+    /// The result of one stage, from what the supervisor saw and what the
+    /// cgroup counted since the stage began. Outputs are collected after
+    /// the last stage.
+    #[allow(clippy::too_many_arguments)]
+    fn stage_result(
+        &self,
+        spec: &SandboxSpec,
+        stage: &StageRef<'_>,
+        last: bool,
+        outcome: supervisor::Outcome,
+        cgroup: Option<&dyn Cgroup>,
+        baseline: Option<&CgroupUsage>,
+        sandbox_dir: BorrowedFd<'_>,
+    ) -> Result<RunResult, String> {
         let usage = cgroup.and_then(|c| c.usage().ok());
         let mut observed = outcome.observed.clone();
         if let Some(u) = &usage {
-            observed.oom_killed = u.oom_kills > 0;
-            observed.pids_limit_reached = u.pids_limit_hits > 0;
+            let before = baseline.cloned().unwrap_or_default();
+            observed.oom_killed = u.oom_kills > before.oom_kills;
+            observed.pids_limit_reached = u.pids_limit_hits > before.pids_limit_hits;
         }
-        if let Ok((free_blocks, free_inodes)) = crate::sys::free_space(sandbox_dir.as_fd()) {
+        if let Ok((free_blocks, free_inodes)) = crate::sys::free_space(sandbox_dir) {
             observed.disk_full = free_blocks == 0 || free_inodes == 0;
         }
-        if !observed.file_size_exceeded && spec.limits.file_size_bytes < spec.limits.disk_bytes {
-            observed.file_size_exceeded = crate::workspace::any_file_at_least(
-                sandbox_dir.as_fd(),
-                spec.limits.file_size_bytes,
-            );
+        let limits = stage.limits;
+        if !observed.file_size_exceeded && limits.file_size_bytes < limits.disk_bytes {
+            observed.file_size_exceeded =
+                crate::workspace::any_file_at_least(sandbox_dir, limits.file_size_bytes);
         }
         if let Some(errno) = outcome.exec_errno {
             let code = if errno == libc::ENOENT { 127 } else { 126 };
             let mut r = setup_failure(
                 spec,
-                format!("cannot execute {:?}: {}", spec.program, strerror(errno)),
+                format!("cannot execute {:?}: {}", stage.program, strerror(errno)),
             );
+            r.limits = limits.clone();
             r.exit_code = Some(code);
             r.stderr = String::from_utf8_lossy(&outcome.stderr.bytes).into_owned();
             return Ok(r);
@@ -456,9 +556,9 @@ impl Engine {
             ));
         }
         // A run the supervisor ended never reports an exit: its init was
-        // SIGKILLed, and so was the program with it.
-        // The same when the OOM killer took init itself (possible rootless,
-        // where init cannot be protected).
+        // SIGKILLed, and so was the program with it. The same when the OOM
+        // killer took init itself (possible rootless, where init cannot be
+        // protected).
         let supervisor_killed =
             observed.wall_time_exceeded || observed.cpu_time_exceeded || observed.output_exceeded;
         let exit = match outcome.exit {
@@ -467,21 +567,20 @@ impl Engine {
             }
             other => other,
         };
-        let cpu_time_ms = match &usage {
-            Some(u) => u.cpu_time_ns.saturating_sub(cpu_baseline_ns) / 1_000_000,
-            None => outcome.reaped_cpu_us / 1000,
+        let cpu_time_ms = match (&usage, baseline) {
+            (Some(u), Some(b)) => u.cpu_time_ns.saturating_sub(b.cpu_time_ns) / 1_000_000,
+            _ => outcome.reaped_cpu_us / 1000,
         };
         // A program may kill itself with SIGXCPU: that names the CPU limit
         // only when the CPU time was really spent.
-        observed.cpu_time_measured_over = cpu_time_ms + 1000 >= spec.limits.cpu_time_ms;
+        observed.cpu_time_measured_over = cpu_time_ms + 1000 >= limits.cpu_time_ms;
         let (status, limits_hit) = classify(exit, &observed);
-        let (files, skipped) = match &spec.outputs {
-            Some(out) => {
-                crate::workspace::copy_out(sandbox_dir.as_fd(), out).map_err(|e| e.to_string())?
+        let (files, skipped) = match (&spec.outputs, last) {
+            (Some(out), true) => {
+                crate::workspace::copy_out(sandbox_dir, out).map_err(|e| e.to_string())?
             }
-            None => (Vec::new(), Vec::new()),
+            _ => (Vec::new(), Vec::new()),
         };
-        profile.mark("reap init, read usage");
         let memory_peak_bytes = match &usage {
             Some(u) => u.memory_peak_bytes,
             None => outcome.reaped_max_rss_kb * 1024,
@@ -531,11 +630,146 @@ impl Engine {
             limits_hit,
             denied_syscalls: outcome.denied,
             files,
-            limits: spec.limits.clone(),
+            limits: limits.clone(),
             isolation: IsolationReport::default(),
             error,
             profile: None,
         })
+    }
+}
+
+/// What `Engine::run_staged` returns: the results of the stages that ran
+/// before the main program, and the main program's (None when a stage
+/// before it failed).
+#[derive(Debug, Clone)]
+pub struct StagedResult {
+    pub before: Vec<RunResult>,
+    pub main: Option<RunResult>,
+}
+
+/// One program of a staged run, borrowed from the spec.
+struct StageRef<'s> {
+    program: &'s str,
+    args: &'s [String],
+    env: &'s [(String, String)],
+    stdin: &'s [u8],
+    limits: &'s Limits,
+}
+
+/// The spec's stages in order: `before`, then the main program.
+fn stages_of(spec: &SandboxSpec) -> Vec<StageRef<'_>> {
+    spec.before
+        .iter()
+        .map(|s| StageRef {
+            program: &s.program,
+            args: &s.args,
+            env: &s.env,
+            stdin: &s.stdin,
+            limits: &s.limits,
+        })
+        .chain(std::iter::once(StageRef {
+            program: &spec.program,
+            args: &spec.args,
+            env: &spec.env,
+            stdin: &spec.stdin,
+            limits: &spec.limits,
+        }))
+        .collect()
+}
+
+/// For each limit, the highest any stage has: init's own rlimits, which
+/// each stage's program then lowers to its own.
+fn highest_limits(stages: &[StageRef<'_>]) -> Limits {
+    let mut top = stages[0].limits.clone();
+    for s in &stages[1..] {
+        let l = s.limits;
+        top.open_files = top.open_files.max(l.open_files);
+        top.file_size_bytes = top.file_size_bytes.max(l.file_size_bytes);
+        top.cpu_time_ms = top.cpu_time_ms.max(l.cpu_time_ms);
+    }
+    top
+}
+
+fn cgroup_limits(limits: &Limits) -> CgroupLimits {
+    // The sandbox's init is one of the cgroup's processes; the pids limit
+    // is the program's.
+    CgroupLimits {
+        memory_bytes: limits.memory_bytes,
+        pids: limits.pids + 1,
+    }
+}
+
+/// A stage's exec data, made before the clone (init only reads it).
+struct PreparedStage {
+    exec: ExecPlan,
+    rlimits: RlimitPlan,
+}
+
+/// A stage's descriptors: the child's ends are dropped after the clone,
+/// the read ends taken when the stage is supervised.
+struct StageFds {
+    stdin: Option<OwnedFd>,
+    stdout_r: Option<OwnedFd>,
+    stdout_w: Option<OwnedFd>,
+    stderr_r: Option<OwnedFd>,
+    stderr_w: Option<OwnedFd>,
+}
+
+impl PreparedStage {
+    fn new(stage: &StageRef<'_>) -> Result<(PreparedStage, StageFds), String> {
+        let exec = ExecPlan::new(stage.program, stage.args, stage.env)?;
+        let rlimits = RlimitPlan::from_limits(stage.limits).map_err(|e| e.to_string())?;
+        let stdin = if stage.stdin.is_empty() {
+            None
+        } else {
+            Some(
+                crate::sys::sealed_memfd(c"stdin", stage.stdin)
+                    .map_err(|e| format!("cannot hold stdin: {e}"))?,
+            )
+        };
+        let (out_r, out_w) =
+            crate::sys::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
+        let (err_r, err_w) =
+            crate::sys::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
+        Ok((
+            PreparedStage { exec, rlimits },
+            StageFds {
+                stdin,
+                stdout_r: Some(out_r),
+                stdout_w: Some(out_w),
+                stderr_r: Some(err_r),
+                stderr_w: Some(err_w),
+            },
+        ))
+    }
+
+    fn plan<'a>(&'a self, fds: &StageFds) -> StagePlan<'a> {
+        let raw = |fd: &Option<OwnedFd>| fd.as_ref().map_or(-1, |f| f.as_raw_fd());
+        StagePlan {
+            stdin_fd: fds.stdin.as_ref().map(|f| f.as_raw_fd()),
+            stdout_fd: raw(&fds.stdout_w),
+            stderr_fd: raw(&fds.stderr_w),
+            rlimits: &self.rlimits,
+            exec_candidates: &self.exec.candidates,
+            argv: &self.exec.argv_ptrs,
+            envp: &self.exec.envp_ptrs,
+        }
+    }
+}
+
+impl StageFds {
+    /// After the clone, the supervisor keeps only the read ends.
+    fn drop_child_ends(&mut self) {
+        self.stdin = None;
+        self.stdout_w = None;
+        self.stderr_w = None;
+    }
+
+    fn take_readers(&mut self) -> Result<(OwnedFd, OwnedFd), String> {
+        match (self.stdout_r.take(), self.stderr_r.take()) {
+            (Some(out), Some(err)) => Ok((out, err)),
+            _ => Err("a stage's output pipes were used twice".to_string()),
+        }
     }
 }
 
@@ -639,27 +873,29 @@ pub fn base_environment() -> Vec<(String, String)> {
 }
 
 impl ExecPlan {
-    fn new(spec: &SandboxSpec) -> Result<ExecPlan, String> {
+    fn new(
+        program: &str,
+        args: &[String],
+        extra_env: &[(String, String)],
+    ) -> Result<ExecPlan, String> {
         let nul = |what: &str| format!("{what} contains a NUL byte");
-        if spec.program.is_empty() {
+        if program.is_empty() {
             return Err("no program given".into());
         }
-        let candidates = if spec.program.contains('/') {
-            vec![CString::new(spec.program.as_bytes()).map_err(|_| nul("the program"))?]
+        let candidates = if program.contains('/') {
+            vec![CString::new(program.as_bytes()).map_err(|_| nul("the program"))?]
         } else {
             SANDBOX_PATH
                 .split(':')
-                .map(|dir| {
-                    CString::new(format!("{dir}/{}", spec.program)).map_err(|_| nul("the program"))
-                })
+                .map(|dir| CString::new(format!("{dir}/{program}")).map_err(|_| nul("the program")))
                 .collect::<Result<_, _>>()?
         };
-        let mut argv = vec![CString::new(spec.program.as_bytes()).map_err(|_| nul("the program"))?];
-        for a in &spec.args {
+        let mut argv = vec![CString::new(program.as_bytes()).map_err(|_| nul("the program"))?];
+        for a in args {
             argv.push(CString::new(a.as_bytes()).map_err(|_| nul("an argument"))?);
         }
         let mut env = base_environment();
-        for (k, v) in &spec.env {
+        for (k, v) in extra_env {
             if k.is_empty() || k.contains('=') {
                 return Err(format!("environment variable name {k:?} is not valid"));
             }

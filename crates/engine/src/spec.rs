@@ -234,6 +234,23 @@ pub struct OutputSpec {
     pub max_total_bytes: u64,
 }
 
+/// A program run in the sandbox before the main one, in the same
+/// namespaces and workspace, with its own limits and result: a compile
+/// step, for instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stage {
+    /// As `SandboxSpec::program`.
+    pub program: String,
+    pub args: Vec<String>,
+    /// Extra environment variables of this stage.
+    #[serde(default)]
+    pub env: Vec<(String, String)>,
+    /// Its standard input (empty: /dev/null).
+    #[serde(default)]
+    pub stdin: Vec<u8>,
+    pub limits: Limits,
+}
+
 /// Everything the engine needs for one run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SandboxSpec {
@@ -264,6 +281,10 @@ pub struct SandboxSpec {
     /// Report where the run's time went (`RunResult::profile`).
     #[serde(default)]
     pub profile: bool,
+    /// Programs run first, in order, in the same sandbox; the first that
+    /// does not end `ok` stops the run (see `Engine::run_staged`).
+    #[serde(default)]
+    pub before: Vec<Stage>,
 }
 
 impl SandboxSpec {
@@ -282,6 +303,7 @@ impl SandboxSpec {
             workdir: "/sandbox".to_string(),
             allow_degraded: false,
             profile: false,
+            before: Vec::new(),
         }
     }
 }

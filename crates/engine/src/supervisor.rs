@@ -104,11 +104,12 @@ fn protect_from_oom(init_pid: libc::pid_t) {
     let _ = std::fs::write(format!("/proc/{init_pid}/oom_score_adj"), "-1000");
 }
 
-/// Runs the loop from the program's release until init is gone.
-pub fn supervise(watch: Watch<'_>, listener: Option<OwnedFd>, started: Instant) -> Outcome {
+/// Runs the loop from a stage's release until its program has ended and
+/// its output is complete (init reports the end after killing whatever the
+/// program left), or until init is gone.
+pub fn supervise(watch: Watch<'_>, notifier: Option<&Notifier>, started: Instant) -> Outcome {
     let _ = crate::sys::set_nonblocking(watch.stdout.as_fd());
     let _ = crate::sys::set_nonblocking(watch.stderr.as_fd());
-    let notifier = listener.map(Notifier::new);
     let mut out = Outcome {
         exit: None,
         observed: Observed::default(),
@@ -145,7 +146,7 @@ pub fn supervise(watch: Watch<'_>, listener: Option<OwnedFd>, started: Instant) 
         }
     };
 
-    while sync_open || out.stdout.open || out.stderr.open {
+    while (sync_open && out.exit.is_none()) || out.stdout.open || out.stderr.open {
         let now = Instant::now();
         // Limits, unless the run is already over.
         if !killed && ended_at.is_none() {
@@ -211,7 +212,7 @@ pub fn supervise(watch: Watch<'_>, listener: Option<OwnedFd>, started: Instant) 
             });
             roles.push(2);
         }
-        if let (Some(n), true) = (&notifier, notify_open) {
+        if let (Some(n), true) = (notifier, notify_open) {
             fds.push(libc::pollfd {
                 fd: n.as_raw_fd(),
                 events: libc::POLLIN,
@@ -279,7 +280,7 @@ pub fn supervise(watch: Watch<'_>, listener: Option<OwnedFd>, started: Instant) 
                 }
                 _ => {
                     if pfd.revents & libc::POLLIN != 0 {
-                        if let Some(n) = &notifier {
+                        if let Some(n) = notifier {
                             let _ = n.handle_one(watch.policy, &mut out.denied);
                             answered += 1;
                             if answered >= MAX_ANSWERED_DENIALS {
@@ -301,9 +302,5 @@ pub fn supervise(watch: Watch<'_>, listener: Option<OwnedFd>, started: Instant) 
     out.wall = ended_at
         .unwrap_or_else(Instant::now)
         .saturating_duration_since(started);
-    if !killed {
-        // Whatever is left (nothing, normally) dies with init.
-        let _ = crate::sys::pidfd_kill(watch.init_pidfd, libc::SIGKILL);
-    }
     out
 }

@@ -158,6 +158,12 @@ pub trait Cgroup: Send + fmt::Debug {
     /// v2: the cgroup directory's fd, for `clone3(CLONE_INTO_CGROUP)`, so the
     /// child starts inside the cgroup with no window outside it. None on v1.
     fn procs_file_fd(&self) -> Option<BorrowedFd<'_>>;
+    /// Changes the limits of a cgroup already in use (between the stages of
+    /// a run).
+    fn update_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError>;
+    /// Starts the peak-memory measurement afresh where the kernel allows
+    /// it (v1); on v2 the peak spans the cgroup's life.
+    fn reset_peak(&self) -> Result<(), CgroupError>;
 }
 
 /// One hierarchy as the report shows it.

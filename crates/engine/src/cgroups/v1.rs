@@ -66,6 +66,10 @@ pub struct V1Cgroup {
     memory_max_usage: StatFile,
     memory_oom_control: StatFile,
     pids_events: StatFile,
+    /// Whether memsw (memory + swap) files exist, set at creation.
+    swap_accounted: std::sync::atomic::AtomicBool,
+    /// The memory limit in force, to order memsw and memory writes.
+    memory_limit: std::sync::atomic::AtomicU64,
 }
 
 impl V1Cgroup {
@@ -101,6 +105,8 @@ impl V1Cgroup {
                 mkdir_new(dir)?;
                 made.push(dir);
             }
+            cg.swap_accounted
+                .store(swap_accounted, std::sync::atomic::Ordering::Relaxed);
             cg.set_limits(limits, swap_accounted)
         })();
         if let Err(e) = result {
@@ -133,6 +139,8 @@ impl V1Cgroup {
             memory_max_usage: StatFile::new(memory.join("memory.max_usage_in_bytes")),
             memory_oom_control: StatFile::new(memory.join("memory.oom_control")),
             pids_events: StatFile::new(pids.join("pids.events")),
+            swap_accounted: std::sync::atomic::AtomicBool::new(false),
+            memory_limit: std::sync::atomic::AtomicU64::new(u64::MAX),
         }
     }
 
@@ -140,10 +148,19 @@ impl V1Cgroup {
         let fs = self.fs.as_ref();
         let memory = &self.memory;
         let bytes = limits.memory_bytes.to_string();
-        write(fs, memory.join("memory.limit_in_bytes"), &bytes)?;
-        if swap_accounted {
+        // memsw may never be below the memory limit: when raising, memsw
+        // goes first; when lowering (or first setting), memory does.
+        let previous = self
+            .memory_limit
+            .swap(limits.memory_bytes, std::sync::atomic::Ordering::Relaxed);
+        let raising = limits.memory_bytes > previous;
+        if swap_accounted && raising {
             write(fs, memory.join("memory.memsw.limit_in_bytes"), &bytes)?;
-        } else {
+        }
+        write(fs, memory.join("memory.limit_in_bytes"), &bytes)?;
+        if swap_accounted && !raising {
+            write(fs, memory.join("memory.memsw.limit_in_bytes"), &bytes)?;
+        } else if !swap_accounted {
             write(fs, memory.join("memory.swappiness"), "0")?;
         }
         write(fs, memory.join("memory.oom_control"), "0")?;
@@ -159,6 +176,22 @@ impl V1Cgroup {
 impl Cgroup for V1Cgroup {
     fn version(&self) -> CgroupVersion {
         CgroupVersion::V1
+    }
+
+    fn update_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        self.set_limits(
+            limits,
+            self.swap_accounted
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
+    fn reset_peak(&self) -> Result<(), CgroupError> {
+        write(
+            self.fs.as_ref(),
+            self.memory.join("memory.max_usage_in_bytes"),
+            "0",
+        )
     }
 
     fn add_process(&self, pid: i32) -> Result<(), CgroupError> {

@@ -149,6 +149,16 @@ impl Cgroup for V2Cgroup {
         CgroupVersion::V2
     }
 
+    fn update_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+        self.set_limits(limits)
+    }
+
+    fn reset_peak(&self) -> Result<(), CgroupError> {
+        // memory.peak resets only per open file (Linux 6.12+), and not at
+        // all before: the peak spans every stage of the sandbox.
+        Ok(())
+    }
+
     fn add_process(&self, pid: i32) -> Result<(), CgroupError> {
         let path = self.dir.join("cgroup.procs");
         self.fs
