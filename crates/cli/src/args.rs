@@ -19,6 +19,10 @@ pub struct Cli {
 pub enum Command {
     /// Run a program in a new sandbox.
     Exec(Box<ExecArgs>),
+    /// Compile (when needed) and run source code in a new sandbox.
+    Run(Box<RunArgs>),
+    /// List the languages formicary knows and whether each is installed here.
+    Runtimes(RuntimesArgs),
     /// Report what this host offers and what formicary can enforce here.
     Check(CheckArgs),
 }
@@ -78,10 +82,9 @@ impl LimitArgs {
     }
 }
 
+/// Input, output and reporting flags, shared by `exec` and `run`.
 #[derive(Debug, Args)]
-pub struct ExecArgs {
-    #[command(flatten)]
-    pub limits: LimitArgs,
+pub struct IoArgs {
     /// Give the program this file's content on stdin (`-`: formicary's own stdin)
     #[arg(long, value_name = "PATH|-")]
     pub stdin: Option<String>,
@@ -97,12 +100,6 @@ pub struct ExecArgs {
     /// Host directory that receives the --out files
     #[arg(long, value_name = "DIR", requires = "out")]
     pub out_dir: Option<PathBuf>,
-    /// Bind an extra host path read-only into the sandbox (repeatable)
-    #[arg(long = "ro-bind", value_name = "HOST_PATH[:SANDBOX_PATH]", value_parser = parse_ro_bind)]
-    pub ro_bind: Vec<ReadOnlyPath>,
-    /// Working directory inside the sandbox
-    #[arg(long, value_name = "DIR", default_value = "/sandbox")]
-    pub workdir: String,
     /// Configuration file (TOML); see the README
     #[arg(long, value_name = "FILE", env = "FORMICARY_CONFIG")]
     pub config: Option<PathBuf>,
@@ -115,9 +112,106 @@ pub struct ExecArgs {
     /// Add `profile` to the JSON result: where the run's time went, step by step
     #[arg(long, requires = "json")]
     pub profile: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub io: IoArgs,
+    /// Bind an extra host path read-only into the sandbox (repeatable)
+    #[arg(long = "ro-bind", value_name = "HOST_PATH[:SANDBOX_PATH]", value_parser = parse_ro_bind)]
+    pub ro_bind: Vec<ReadOnlyPath>,
+    /// Working directory inside the sandbox
+    #[arg(long, value_name = "DIR", default_value = "/sandbox")]
+    pub workdir: String,
     /// The program (a path in the sandbox, or a name on its PATH) and its arguments
     #[arg(required = true, last = true, value_name = "PROGRAM [ARGS]...")]
     pub command: Vec<String>,
+}
+
+/// The compile stage's limit flags (`run` only).
+#[derive(Debug, Args, Default)]
+pub struct CompileLimitArgs {
+    /// Compile stage: wall-clock time, in seconds [default: 30]
+    #[arg(long, value_name = "SECS", value_parser = parse_ms)]
+    pub compile_wall_time: Option<u64>,
+    /// Compile stage: CPU time, in seconds [default: 30]
+    #[arg(long, value_name = "SECS", value_parser = parse_ms)]
+    pub compile_cpu_time: Option<u64>,
+    /// Compile stage: memory [default: 512M, more for some languages]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub compile_memory: Option<u64>,
+    /// Compile stage: processes and threads [default: 128]
+    #[arg(long, value_name = "N")]
+    pub compile_pids: Option<u64>,
+    /// Compile stage: bytes kept of its stdout and stderr [default: the run's]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub compile_output: Option<u64>,
+    /// Compile stage: largest file it may write [default: 256M]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub compile_file_size: Option<u64>,
+}
+
+impl CompileLimitArgs {
+    pub fn resolve(&self, defaults: &Limits) -> Limits {
+        Limits {
+            wall_time_ms: self.compile_wall_time.unwrap_or(defaults.wall_time_ms),
+            cpu_time_ms: self.compile_cpu_time.unwrap_or(defaults.cpu_time_ms),
+            memory_bytes: self.compile_memory.unwrap_or(defaults.memory_bytes),
+            pids: self.compile_pids.unwrap_or(defaults.pids),
+            output_bytes: self.compile_output.unwrap_or(defaults.output_bytes),
+            file_size_bytes: self.compile_file_size.unwrap_or(defaults.file_size_bytes),
+            ..defaults.clone()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub compile_limits: CompileLimitArgs,
+    #[command(flatten)]
+    pub io: IoArgs,
+    /// The language (or an alias: py, js, ts, sh, c++, rs, golang...); by default found from the main file's extension
+    #[arg(long, value_name = "LANG")]
+    pub lang: Option<String>,
+    /// The program's source, given inline (needs --lang)
+    #[arg(
+        long,
+        value_name = "CODE",
+        requires = "lang",
+        conflicts_with = "sources"
+    )]
+    pub code: Option<String>,
+    /// Which of the files is the main one [default: the first]
+    #[arg(long, value_name = "NAME")]
+    pub main: Option<String>,
+    /// An argument for the program (repeatable)
+    #[arg(long = "arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub args: Vec<String>,
+    /// A runtime catalogue (TOML) that extends or overrides the built-in one
+    #[arg(long, value_name = "FILE", env = "FORMICARY_RUNTIMES")]
+    pub runtimes: Option<PathBuf>,
+    /// Source files, copied into /sandbox keeping their relative paths
+    #[arg(value_name = "FILE", required_unless_present = "code")]
+    pub sources: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RuntimesArgs {
+    /// Print JSON
+    #[arg(long)]
+    pub json: bool,
+    /// Configuration file (TOML)
+    #[arg(long, value_name = "FILE", env = "FORMICARY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// A runtime catalogue (TOML) that extends or overrides the built-in one
+    #[arg(long, value_name = "FILE", env = "FORMICARY_RUNTIMES")]
+    pub runtimes: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -209,15 +303,24 @@ impl ExecArgs {
             .ok_or("no program given: formicary exec [OPTIONS] -- PROGRAM [ARGS...]")?;
         let mut spec = SandboxSpec::new(program.clone(), args.to_vec());
         spec.limits = self.limits.resolve(defaults);
-        spec.env = self.env.clone();
-        spec.files = self.files.clone();
+        spec.env = self.io.env.clone();
+        spec.files = self.io.files.clone();
         spec.extra_read_only = self.ro_bind.clone();
         spec.workdir = self.workdir.clone();
-        spec.allow_degraded = self.allow_degraded;
-        spec.profile = self.profile;
+        spec.allow_degraded = self.io.allow_degraded;
+        spec.profile = self.io.profile;
+        spec.stdin = self.io.read_stdin()?;
+        spec.outputs = self.io.outputs(spec.limits.disk_bytes);
+        Ok(spec)
+    }
+}
+
+impl IoArgs {
+    /// The bytes --stdin names (empty without it).
+    pub fn read_stdin(&self) -> Result<Vec<u8>, String> {
+        let mut data = Vec::new();
         if let Some(source) = &self.stdin {
             use std::io::Read;
-            let mut data = Vec::new();
             let read = if source == "-" {
                 std::io::stdin().take(MAX_STDIN + 1).read_to_end(&mut data)
             } else {
@@ -231,17 +334,18 @@ impl ExecArgs {
                     MAX_STDIN >> 20
                 ));
             }
-            spec.stdin = data;
         }
-        if let Some(dir) = &self.out_dir {
-            spec.outputs = Some(OutputSpec {
-                patterns: self.out.clone(),
-                host_dir: dir.clone(),
-                max_files: MAX_OUT_FILES,
-                max_total_bytes: spec.limits.disk_bytes,
-            });
-        }
-        Ok(spec)
+        Ok(data)
+    }
+
+    /// The --out/--out-dir request, bounded by `max_total_bytes`.
+    pub fn outputs(&self, max_total_bytes: u64) -> Option<OutputSpec> {
+        self.out_dir.as_ref().map(|dir| OutputSpec {
+            patterns: self.out.clone(),
+            host_dir: dir.clone(),
+            max_files: MAX_OUT_FILES,
+            max_total_bytes,
+        })
     }
 }
 
@@ -255,7 +359,7 @@ mod tests {
         argv.extend_from_slice(args);
         Cli::try_parse_from(argv).map(|cli| match cli.command {
             Command::Exec(e) => *e,
-            Command::Check(_) => panic!("parsed as check"),
+            _ => panic!("parsed as another command"),
         })
     }
 
@@ -295,15 +399,15 @@ mod tests {
             "cat",
         ])
         .expect("valid");
-        assert_eq!(e.files[0].sandbox_path, PathBuf::from("hosts"));
-        assert_eq!(e.files[1].sandbox_path, PathBuf::from("data/in.txt"));
-        assert_eq!(e.files[1].host_path, PathBuf::from("/tmp/x.txt"));
+        assert_eq!(e.io.files[0].sandbox_path, PathBuf::from("hosts"));
+        assert_eq!(e.io.files[1].sandbox_path, PathBuf::from("data/in.txt"));
+        assert_eq!(e.io.files[1].host_path, PathBuf::from("/tmp/x.txt"));
     }
 
     #[test]
     fn program_and_arguments_follow_the_double_dash() {
         let e = exec(&["--env", "A=b=c", "--", "sh", "-c", "echo $A"]).expect("valid");
-        assert_eq!(e.env, vec![("A".to_string(), "b=c".to_string())]);
+        assert_eq!(e.io.env, vec![("A".to_string(), "b=c".to_string())]);
         let spec = e.to_spec(&Limits::default()).expect("spec");
         assert_eq!(spec.program, "sh");
         assert_eq!(spec.args, vec!["-c", "echo $A"]);

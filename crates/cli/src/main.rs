@@ -4,7 +4,7 @@
 mod args;
 
 use anyhow::Context;
-use args::{CheckArgs, Cli, Command, ExecArgs};
+use args::{CheckArgs, Cli, Command, ExecArgs, RunArgs, RuntimesArgs};
 use clap::Parser;
 use formicary_engine::config::EngineConfig;
 use formicary_engine::result::{RunResult, Status};
@@ -26,6 +26,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Exec(args) => exec(&args),
+        Command::Run(args) => run(&args),
+        Command::Runtimes(args) => runtimes(&args),
         Command::Check(args) => check(&args),
     };
     match outcome {
@@ -38,22 +40,211 @@ fn main() -> ExitCode {
 }
 
 fn exec(args: &ExecArgs) -> anyhow::Result<ExitCode> {
-    let config = load_config(args.config.as_deref())?;
+    let config = load_config(args.io.config.as_deref())?;
     let spec = args.to_spec(&config.defaults).map_err(anyhow::Error::msg)?;
     spec.limits
         .validate(&config.max)
         .map_err(anyhow::Error::msg)?;
     let engine = Engine::new(config).context("cannot start the sandbox engine")?;
     let result = engine.run(&spec);
+    report(args.io.json, &result, &result)
+}
+
+/// Prints a result (`json_value` as JSON, or the program's output passed
+/// through) and gives the exit code.
+fn report(
+    json: bool,
+    json_value: &impl serde::Serialize,
+    result: &RunResult,
+) -> anyhow::Result<ExitCode> {
     let code = result.process_exit_code().clamp(0, 255) as u8;
-    if args.json {
+    if json {
         let mut out = std::io::stdout().lock();
-        serde_json::to_writer(&mut out, &result).context("cannot print the result")?;
+        serde_json::to_writer(&mut out, json_value).context("cannot print the result")?;
         writeln!(out).context("cannot print the result")?;
     } else {
-        print_plain(&result);
+        print_plain(result);
     }
     Ok(ExitCode::from(code))
+}
+
+/// The runtime catalogue: built in, or with the operator's file on top.
+fn catalogue(path: Option<&std::path::Path>) -> anyhow::Result<formicary_lang::Catalogue> {
+    Ok(match path {
+        Some(p) => formicary_lang::Catalogue::with_overrides(p)?,
+        None => formicary_lang::Catalogue::builtin()?,
+    })
+}
+
+/// Where runtime versions are remembered: formicary's state directory as
+/// root, the user's runtime directory rootless, nowhere otherwise.
+fn version_cache(config: &EngineConfig) -> formicary_lang::VersionCache {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = if nix_is_root() {
+        Some(config.state_dir.clone())
+    } else {
+        std::env::var_os("XDG_RUNTIME_DIR").map(|d| std::path::PathBuf::from(d).join("formicary"))
+    };
+    let dir = dir.filter(|d| {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(d)
+            .is_ok()
+    });
+    formicary_lang::VersionCache::new(dir.as_deref())
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(args.io.config.as_deref())?;
+    let language =
+        formicary_lang::Language::new(catalogue(args.runtimes.as_deref())?, version_cache(&config));
+    let files = match &args.code {
+        Some(code) => {
+            let runtime = language.resolve(args.lang.as_deref(), None)?;
+            vec![formicary_lang::SourceFile {
+                name: runtime.default_main.clone(),
+                content: code.as_bytes().to_vec(),
+            }]
+        }
+        None => args
+            .sources
+            .iter()
+            .map(|path| read_source(path))
+            .collect::<anyhow::Result<Vec<_>>>()?,
+    };
+    let main_name = args
+        .main
+        .clone()
+        .or_else(|| files.first().map(|f| f.name.clone()));
+    let runtime = language.resolve(args.lang.as_deref(), main_name.as_deref())?;
+    let (run_defaults, compile_defaults) = language.limits(runtime, &config.defaults);
+    let limits = args.limits.resolve(&run_defaults);
+    let compile_limits = args.compile_limits.resolve(&compile_defaults);
+    limits.validate(&config.max).map_err(anyhow::Error::msg)?;
+    if runtime.compile.is_some() {
+        compile_limits
+            .validate(&config.max)
+            .map_err(|e| anyhow::anyhow!("compile stage: {e}"))?;
+    }
+    let request = formicary_lang::CodeRequest {
+        language: Some(runtime.name.clone()),
+        main: args.main.clone(),
+        files,
+        stdin: args.io.read_stdin().map_err(anyhow::Error::msg)?,
+        args: args.args.clone(),
+        env: args.io.env.clone(),
+        outputs: args.io.outputs(limits.disk_bytes),
+        limits,
+        compile_limits,
+        input_files: args.io.files.clone(),
+        allow_degraded: args.io.allow_degraded,
+    };
+    let engine = Engine::new(config).context("cannot start the sandbox engine")?;
+    let result = language.run(&engine, &request)?;
+    if !args.io.json && result.run.status == Status::CompileError {
+        if let Some(compile) = &result.compile {
+            // The compiler's own words, on stderr.
+            let _ = std::io::stderr().write_all(compile.stdout.as_bytes());
+            let _ = std::io::stderr().write_all(compile.stderr.as_bytes());
+        }
+    }
+    report(args.io.json, &result, &result.run)
+}
+
+/// A source file from the command line: a relative path keeps its
+/// directories in /sandbox; an absolute one keeps only its name.
+fn read_source(path: &std::path::Path) -> anyhow::Result<formicary_lang::SourceFile> {
+    let content = std::fs::read(path)
+        .with_context(|| format!("cannot read source file {}", path.display()))?;
+    let relative_clean = path.is_relative()
+        && path.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::Normal(_) | std::path::Component::CurDir
+            )
+        });
+    let name = if relative_clean {
+        path.components()
+            .filter(|c| matches!(c, std::path::Component::Normal(_)))
+            .collect::<std::path::PathBuf>()
+    } else {
+        std::path::PathBuf::from(
+            path.file_name()
+                .with_context(|| format!("{} names no file", path.display()))?,
+        )
+    };
+    Ok(formicary_lang::SourceFile {
+        name: name.to_string_lossy().into_owned(),
+        content,
+    })
+}
+
+/// One line of `formicary runtimes`.
+#[derive(serde::Serialize)]
+struct RuntimeLine {
+    name: String,
+    aliases: Vec<String>,
+    extensions: Vec<String>,
+    compiled: bool,
+    available: bool,
+    version: Option<String>,
+    reason: Option<String>,
+}
+
+fn runtimes(args: &RuntimesArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(args.config.as_deref())?;
+    let language =
+        formicary_lang::Language::new(catalogue(args.runtimes.as_deref())?, version_cache(&config));
+    let engine = Engine::new(config).context("cannot start the sandbox engine")?;
+    let lines: Vec<RuntimeLine> = language
+        .catalogue()
+        .runtimes()
+        .iter()
+        .map(|r| {
+            let availability = r.availability();
+            RuntimeLine {
+                name: r.name.clone(),
+                aliases: r.aliases.clone(),
+                extensions: r.extensions.clone(),
+                compiled: r.compile.is_some(),
+                available: availability.is_ok(),
+                version: if availability.is_ok() {
+                    language.version(&engine, r)
+                } else {
+                    None
+                },
+                reason: availability.err(),
+            }
+        })
+        .collect();
+    let text = if args.json {
+        serde_json::to_string_pretty(&lines).context("cannot print the list")? + "\n"
+    } else {
+        let mut t = String::new();
+        for l in &lines {
+            let state = if l.available { "yes" } else { "no " };
+            let detail = match (&l.version, &l.reason) {
+                (_, Some(reason)) => reason.clone(),
+                (Some(v), None) => v.clone(),
+                (None, None) => "version unknown".to_string(),
+            };
+            let names = if l.aliases.is_empty() {
+                l.name.clone()
+            } else {
+                format!("{} ({})", l.name, l.aliases.join(", "))
+            };
+            t.push_str(&format!("{state}  {names:<32} {detail}\n"));
+        }
+        t
+    };
+    let _ = std::io::stdout().write_all(text.as_bytes());
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Without --json: the program's output passes through, and a line on
@@ -65,6 +256,7 @@ fn print_plain(result: &RunResult) {
     let l = &result.limits;
     let note = match result.status {
         Status::Ok | Status::RuntimeError => None,
+        Status::CompileError => Some("compilation failed".to_string()),
         Status::Signaled => Some(format!(
             "program killed by signal {}",
             result.signal.unwrap_or(0)

@@ -48,10 +48,12 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
-/// Limits as written in the file: every field optional, in human units.
-#[derive(Debug, Default, Deserialize)]
+/// Limits as written in a TOML file: every field optional, in human units
+/// (`memory = "512M"`, `wall_time = "2.5"`). The config file's `[limits]`
+/// and `[max]` tables and the runtime catalogue's per-language limits use it.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
-struct LimitsText {
+pub struct LimitOverrides {
     wall_time: Option<String>,
     cpu_time: Option<String>,
     memory: Option<String>,
@@ -93,9 +95,9 @@ struct SeccompText {
 #[serde(deny_unknown_fields)]
 struct ConfigText {
     #[serde(default)]
-    limits: LimitsText,
+    limits: LimitOverrides,
     #[serde(default)]
-    max: LimitsText,
+    max: LimitOverrides,
     #[serde(default)]
     filesystem: FilesystemText,
     #[serde(default)]
@@ -146,42 +148,52 @@ impl Default for EngineConfig {
 fn apply_limits(
     path: &Path,
     table: &'static str,
-    text: &LimitsText,
+    text: &LimitOverrides,
     into: &mut Limits,
 ) -> Result<(), ConfigError> {
-    let err = |key: &'static str, value: &str, source| ConfigError::Value {
-        path: path.to_path_buf(),
-        table,
-        key,
-        value: value.to_string(),
-        source,
-    };
-    let ms = |d: std::time::Duration| d.as_millis() as u64;
-    if let Some(v) = &text.wall_time {
-        into.wall_time_ms = ms(parse_duration(v).map_err(|e| err("wall_time", v, e))?);
+    text.apply_to(into)
+        .map_err(|(key, value, source)| ConfigError::Value {
+            path: path.to_path_buf(),
+            table,
+            key,
+            value,
+            source,
+        })
+}
+
+impl LimitOverrides {
+    /// Writes every limit given here into `into`. On a bad value: the key,
+    /// the text and why.
+    pub fn apply_to(&self, into: &mut Limits) -> Result<(), (&'static str, String, UnitError)> {
+        let text = self;
+        let err = |key: &'static str, value: &str, source| (key, value.to_string(), source);
+        let ms = |d: std::time::Duration| d.as_millis() as u64;
+        if let Some(v) = &text.wall_time {
+            into.wall_time_ms = ms(parse_duration(v).map_err(|e| err("wall_time", v, e))?);
+        }
+        if let Some(v) = &text.cpu_time {
+            into.cpu_time_ms = ms(parse_duration(v).map_err(|e| err("cpu_time", v, e))?);
+        }
+        if let Some(v) = &text.memory {
+            into.memory_bytes = parse_size(v).map_err(|e| err("memory", v, e))?;
+        }
+        if let Some(v) = &text.disk {
+            into.disk_bytes = parse_size(v).map_err(|e| err("disk", v, e))?;
+        }
+        if let Some(v) = &text.output {
+            into.output_bytes = parse_size(v).map_err(|e| err("output", v, e))?;
+        }
+        if let Some(v) = &text.file_size {
+            into.file_size_bytes = parse_size(v).map_err(|e| err("file_size", v, e))?;
+        }
+        if let Some(v) = text.pids {
+            into.pids = v;
+        }
+        if let Some(v) = text.open_files {
+            into.open_files = v;
+        }
+        Ok(())
     }
-    if let Some(v) = &text.cpu_time {
-        into.cpu_time_ms = ms(parse_duration(v).map_err(|e| err("cpu_time", v, e))?);
-    }
-    if let Some(v) = &text.memory {
-        into.memory_bytes = parse_size(v).map_err(|e| err("memory", v, e))?;
-    }
-    if let Some(v) = &text.disk {
-        into.disk_bytes = parse_size(v).map_err(|e| err("disk", v, e))?;
-    }
-    if let Some(v) = &text.output {
-        into.output_bytes = parse_size(v).map_err(|e| err("output", v, e))?;
-    }
-    if let Some(v) = &text.file_size {
-        into.file_size_bytes = parse_size(v).map_err(|e| err("file_size", v, e))?;
-    }
-    if let Some(v) = text.pids {
-        into.pids = v;
-    }
-    if let Some(v) = text.open_files {
-        into.open_files = v;
-    }
-    Ok(())
 }
 
 fn ro_path(text: &str) -> ReadOnlyPath {

@@ -28,6 +28,9 @@ pub enum Status {
     OutputExceeded,
     /// The sandbox could not be set up, or the program could not be started.
     SetupError,
+    /// The compile stage failed, so the program did not run (set by the
+    /// language layer; the engine itself never reports it).
+    CompileError,
 }
 
 /// A limit that was reached during the run.
@@ -129,6 +132,7 @@ impl RunResult {
         match (self.status, self.exit_code, self.signal) {
             (Status::SetupError, Some(code), _) => code,
             (Status::SetupError, None, _) => 125,
+            (Status::CompileError, _, _) => 1,
             (_, _, Some(sig)) => 128 + sig,
             (_, Some(code), _) => code,
             _ => 125,
