@@ -471,7 +471,7 @@ fn run_stage(
     let stack_top = plan.exec_stack.as_ptr_range().end as *mut libc::c_void;
     let pid = check_int(
         // SAFETY: `stack_top` ends a live buffer reserved for this child's
-        // stack (16-byte aligned: see `ExecStack`); `launch` and the plan
+        // stack (16-byte aligned: `ExecStack` holds u128s); `launch` and the plan
         // outlive the child's use of them, since init is suspended until
         // the execve.
         unsafe {
@@ -527,17 +527,24 @@ fn install_stdio(fds: [RawFd; 3]) -> Result<(), ChildFailure> {
 }
 
 /// The stack pid 2 runs on until its execve: reserved by the supervisor
-/// before the clone, since init may not allocate.
-#[repr(C, align(16))]
-pub struct ExecStack(pub [u8; 64 * 1024]);
+/// before the clone, since init may not allocate. Zeroed by the allocator
+/// (calloc: fresh pages, touched only as pid 2 uses them).
+pub struct ExecStack(Vec<u128>);
 
 impl ExecStack {
-    pub fn new() -> Box<ExecStack> {
-        Box::new(ExecStack([0; 64 * 1024]))
+    /// 64 KiB, 16-byte aligned (u128 elements).
+    pub fn new() -> ExecStack {
+        ExecStack(vec![0u128; 64 * 1024 / 16])
     }
 
-    fn as_ptr_range(&self) -> std::ops::Range<*const u8> {
+    fn as_ptr_range(&self) -> std::ops::Range<*const u128> {
         self.0.as_ptr_range()
+    }
+}
+
+impl Default for ExecStack {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
