@@ -311,7 +311,9 @@ fn compile_error(compile: &RunResult, run_limits: &Limits) -> RunResult {
     let mut r = RunResult::setup_error(String::new(), run_limits.clone());
     r.status = Status::CompileError;
     r.error = Some(match compile.status {
-        Status::RuntimeError => "the compiler reported errors: see compile.stderr".to_string(),
+        Status::RuntimeError => {
+            "the compiler reported errors: see compile.stderr and compile.stdout".to_string()
+        }
         other => format!(
             "the compile stage ended with {}: see compile",
             serde_json::to_value(other)
