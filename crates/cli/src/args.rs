@@ -152,6 +152,12 @@ pub struct CompileLimitArgs {
     /// Compile stage: largest file it may write [default: 256M]
     #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
     pub compile_file_size: Option<u64>,
+    /// Compile stage: writable space (the one filesystem both stages share is the larger of the two) [default: the run's --disk]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub compile_disk: Option<u64>,
+    /// Compile stage: open files per process [default: 1024]
+    #[arg(long, value_name = "N")]
+    pub compile_open_files: Option<u64>,
 }
 
 impl CompileLimitArgs {
@@ -163,7 +169,8 @@ impl CompileLimitArgs {
             pids: self.compile_pids.unwrap_or(defaults.pids),
             output_bytes: self.compile_output.unwrap_or(defaults.output_bytes),
             file_size_bytes: self.compile_file_size.unwrap_or(defaults.file_size_bytes),
-            ..defaults.clone()
+            disk_bytes: self.compile_disk.unwrap_or(defaults.disk_bytes),
+            open_files: self.compile_open_files.unwrap_or(defaults.open_files),
         }
     }
 }

@@ -123,14 +123,15 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .or_else(|| files.first().map(|f| f.name.clone()));
     let runtime = language.resolve(args.lang.as_deref(), main_name.as_deref())?;
-    let (run_defaults, compile_defaults) = language.limits(runtime, &config.defaults);
+    let (run_defaults, compile_defaults) = language.limits(runtime, &config.defaults, &config.max);
     let limits = args.limits.resolve(&run_defaults);
     let compile_limits = args.compile_limits.resolve(&compile_defaults);
     limits.validate(&config.max).map_err(anyhow::Error::msg)?;
     if runtime.compile.is_some() {
+        // The compile stage's flags are --compile-*: name them so.
         compile_limits
             .validate(&config.max)
-            .map_err(|e| anyhow::anyhow!("compile stage: {e}"))?;
+            .map_err(|e| anyhow::anyhow!("{}", e.to_string().replacen("--", "--compile-", 1)))?;
     }
     let request = formicary_lang::CodeRequest {
         language: Some(runtime.name.clone()),
@@ -144,6 +145,7 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         compile_limits,
         input_files: args.io.files.clone(),
         allow_degraded: args.io.allow_degraded,
+        profile: args.io.profile,
     };
     let engine = Engine::new(config).context("cannot start the sandbox engine")?;
     let result = language.run(&engine, &request)?;

@@ -436,13 +436,19 @@ impl Engine {
         // 8. Each stage: release it, supervise it, read what it did.
         let mut results = Vec::with_capacity(stages.len());
         let mut notifier: Option<Notifier> = None;
+        let mut answered = 0u64;
         for (index, stage) in stages.iter().enumerate() {
             let last = index + 1 == stages.len();
             let baseline = match cgroup {
                 Some(cg) => {
                     if index > 0 {
                         cg.update_limits(&cgroup_limits(stage.limits))
-                            .map_err(|e| e.to_string())?;
+                            .map_err(|e| {
+                                format!(
+                                    "cannot apply the limits of stage {}: {e} (what earlier stages left in /sandbox and /tmp counts toward memory: raise --memory)",
+                                    index + 1
+                                )
+                            })?;
                         let _ = cg.reset_peak();
                     }
                     cg.usage().ok()
@@ -458,6 +464,7 @@ impl Engine {
             }
             let (stdout_r, stderr_r) = stage_fds[index].take_readers()?;
             let started = Instant::now();
+            let started_wall = wall_clock_now();
             let outcome = supervisor::supervise(
                 Watch {
                     sync: sync_parent.as_fd(),
@@ -473,6 +480,7 @@ impl Engine {
                     init_pid: pid,
                 },
                 notifier.as_ref(),
+                &mut answered,
                 started,
             );
             if last {
@@ -486,6 +494,7 @@ impl Engine {
                 cgroup,
                 baseline.as_ref(),
                 sandbox_dir.as_fd(),
+                started_wall,
             )?;
             let ok = result.status == Status::Ok;
             results.push(result);
@@ -522,6 +531,7 @@ impl Engine {
         cgroup: Option<&dyn Cgroup>,
         baseline: Option<&CgroupUsage>,
         sandbox_dir: BorrowedFd<'_>,
+        started_wall: (i64, i64),
     ) -> Result<RunResult, String> {
         let usage = cgroup.and_then(|c| c.usage().ok());
         let mut observed = outcome.observed.clone();
@@ -535,8 +545,11 @@ impl Engine {
         }
         let limits = stage.limits;
         if !observed.file_size_exceeded && limits.file_size_bytes < limits.disk_bytes {
-            observed.file_size_exceeded =
-                crate::workspace::any_file_at_least(sandbox_dir, limits.file_size_bytes);
+            observed.file_size_exceeded = crate::workspace::any_file_at_least(
+                sandbox_dir,
+                limits.file_size_bytes,
+                started_wall,
+            );
         }
         if let Some(errno) = outcome.exec_errno {
             let code = if errno == libc::ENOENT { 127 } else { 126 };
@@ -636,6 +649,18 @@ impl Engine {
             profile: None,
         })
     }
+}
+
+/// The wall clock as (seconds, nanoseconds), comparable with file mtimes
+/// (coarse by a tick: a file written in the same tick still counts).
+fn wall_clock_now() -> (i64, i64) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    // File times are taken from a coarse clock that may lag the precise
+    // one by up to a tick: start the window 10 ms early.
+    let t = now.saturating_sub(Duration::from_millis(10));
+    (t.as_secs() as i64, t.subsec_nanos() as i64)
 }
 
 /// What `Engine::run_staged` returns: the results of the stages that ran

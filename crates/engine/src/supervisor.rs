@@ -65,7 +65,8 @@ pub struct Outcome {
     pub denials_throttled: bool,
 }
 
-/// Most seccomp notifications answered in one run (see `supervise`).
+/// Most seccomp notifications answered in one run, all stages together
+/// (see `supervise`).
 pub const MAX_ANSWERED_DENIALS: u64 = 100_000;
 
 const CPU_CHECK_MAX: Duration = Duration::from_millis(100);
@@ -107,7 +108,12 @@ fn protect_from_oom(init_pid: libc::pid_t) {
 /// Runs the loop from a stage's release until its program has ended and
 /// its output is complete (init reports the end after killing whatever the
 /// program left), or until init is gone.
-pub fn supervise(watch: Watch<'_>, notifier: Option<&Notifier>, started: Instant) -> Outcome {
+pub fn supervise(
+    watch: Watch<'_>,
+    notifier: Option<&Notifier>,
+    answered: &mut u64,
+    started: Instant,
+) -> Outcome {
     let _ = crate::sys::set_nonblocking(watch.stdout.as_fd());
     let _ = crate::sys::set_nonblocking(watch.stderr.as_fd());
     let mut out = Outcome {
@@ -132,8 +138,8 @@ pub fn supervise(watch: Watch<'_>, notifier: Option<&Notifier>, started: Instant
     let deadline = started + watch.wall_limit;
     let cpus = crate::sys::online_cpus() as u32;
     let mut sync_open = true;
-    let mut notify_open = notifier.is_some();
-    let mut answered: u64 = 0;
+    let mut notify_open = notifier.is_some() && *answered < MAX_ANSWERED_DENIALS;
+    out.denials_throttled = notifier.is_some() && !notify_open;
     let mut killed = false;
     let mut next_cpu_check = started;
     let mut ended_at: Option<Instant> = None;
@@ -282,8 +288,8 @@ pub fn supervise(watch: Watch<'_>, notifier: Option<&Notifier>, started: Instant
                     if pfd.revents & libc::POLLIN != 0 {
                         if let Some(n) = notifier {
                             let _ = n.handle_one(watch.policy, &mut out.denied);
-                            answered += 1;
-                            if answered >= MAX_ANSWERED_DENIALS {
+                            *answered += 1;
+                            if *answered >= MAX_ANSWERED_DENIALS {
                                 // Each answer costs the supervisor's CPU,
                                 // outside the sandbox's cgroup. Past this
                                 // many, further denied calls stay blocked

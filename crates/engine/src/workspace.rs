@@ -452,9 +452,11 @@ pub fn copy_out(
     Ok((collected, skipped))
 }
 
-/// Whether any regular file beneath `dir` is at least `size` bytes: a file
-/// stopped by RLIMIT_FSIZE ends exactly at the limit.
-pub fn any_file_at_least(dir: BorrowedFd<'_>, size: u64) -> bool {
+/// Whether any regular file beneath `dir`, modified at or after `since`
+/// (seconds, nanoseconds since the epoch), is at least `size` bytes: a
+/// file stopped by RLIMIT_FSIZE ends exactly at the limit, and a file an
+/// earlier stage wrote is not this stage's.
+pub fn any_file_at_least(dir: BorrowedFd<'_>, size: u64, since: (i64, i64)) -> bool {
     let mut found = false;
     let mut scanned = 0usize;
     let Ok(root) = open_beneath(dir, Path::new("."), libc::O_RDONLY | libc::O_DIRECTORY, 0) else {
@@ -477,7 +479,12 @@ pub fn any_file_at_least(dir: BorrowedFd<'_>, size: u64) -> bool {
                 libc::AT_SYMLINK_NOFOLLOW,
             )
         };
-        if r == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFREG && st.st_size as u64 >= size {
+        let recent = (st.st_mtime, st.st_mtime_nsec) >= since;
+        if r == 0
+            && (st.st_mode & libc::S_IFMT) == libc::S_IFREG
+            && st.st_size as u64 >= size
+            && recent
+        {
             found = true;
         }
     });

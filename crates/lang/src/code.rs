@@ -21,7 +21,10 @@ pub fn compile_defaults(run: &Limits) -> Limits {
         cpu_time_ms: 30_000,
         memory_bytes: 512 << 20,
         pids: 128,
-        disk_bytes: run.disk_bytes.max(256 << 20),
+        // One writable filesystem serves both stages (sized to the larger
+        // disk limit), so the compile stage gets the run's by default and
+        // the run's --disk stays exact.
+        disk_bytes: run.disk_bytes,
         output_bytes: run.output_bytes,
         open_files: run.open_files.max(1024),
         file_size_bytes: run.file_size_bytes.max(256 << 20),
@@ -56,6 +59,9 @@ pub struct CodeRequest {
     pub input_files: Vec<InputFile>,
     pub outputs: Option<OutputSpec>,
     pub allow_degraded: bool,
+    /// Report where the run's time went (`RunResult::profile`).
+    #[serde(default)]
+    pub profile: bool,
 }
 
 /// The result of a request: the run's result, plus which language ran, its
@@ -137,14 +143,16 @@ impl Language {
     }
 
     /// A runtime's default run and compile limits on top of `base` (the
-    /// engine's defaults).
-    pub fn limits(&self, runtime: &Runtime, base: &Limits) -> (Limits, Limits) {
+    /// engine's defaults), none above `max` (a default follows the
+    /// operator's maxima down; what a caller asks for is checked later).
+    pub fn limits(&self, runtime: &Runtime, base: &Limits, max: &Limits) -> (Limits, Limits) {
         let mut run = base.clone();
         // Validated when the catalogue was loaded.
         let _ = runtime.limits.apply_to(&mut run);
+        let run = run.lowered_to(max);
         let mut compile = compile_defaults(&run);
         let _ = runtime.compile_limits.apply_to(&mut compile);
-        (run, compile)
+        (run, compile.lowered_to(max))
     }
 
     /// The version `runtime` reports (cached by the binary's identity).
@@ -262,6 +270,7 @@ impl Language {
         spec.files = request.input_files.clone();
         spec.outputs = request.outputs.clone();
         spec.allow_degraded = request.allow_degraded;
+        spec.profile = request.profile;
         spec.extra_read_only = expand_read_only(&runtime.read_only);
         spec.inline_files = files
             .iter()
@@ -466,6 +475,7 @@ public final class Solution {
     fn compile_defaults_are_roomier_than_the_run() {
         let run = Limits::default();
         let c = compile_defaults(&run);
+        assert_eq!(c.disk_bytes, run.disk_bytes, "the run's --disk stays exact");
         assert_eq!(c.wall_time_ms, 30_000);
         assert_eq!(c.memory_bytes, 512 << 20);
         assert_eq!(c.pids, 128);

@@ -36,16 +36,19 @@ impl VersionCache {
     /// The identity of the runtime's binary: its path and what changes
     /// when it is replaced.
     fn key(runtime: &Runtime) -> Option<String> {
-        let binary = runtime.version.first()?;
-        let meta = std::fs::metadata(binary).ok()?;
-        Some(format!(
-            "{}\0{}\0{}\0{}\0{}",
-            runtime.name,
-            runtime.version.join(" "),
-            meta.ino(),
-            meta.size(),
-            meta.mtime()
-        ))
+        // Every binary the runtime needs (tsc as well as node, javac as
+        // well as java): upgrading any of them asks again.
+        let mut key = format!("{}\0{}", runtime.name, runtime.version.join(" "));
+        for path in runtime.requires.iter().chain(runtime.version.first()) {
+            let meta = std::fs::metadata(path).ok()?;
+            key.push_str(&format!(
+                "\0{path}:{}:{}:{}",
+                meta.ino(),
+                meta.size(),
+                meta.mtime()
+            ));
+        }
+        Some(key)
     }
 
     /// The runtime's version line, or None when it cannot be told.

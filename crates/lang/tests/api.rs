@@ -15,7 +15,11 @@ fn is_root() -> bool {
 
 fn request(language: &str, name: &str, code: &str, stdin: &str, lang: &Language) -> CodeRequest {
     let runtime = lang.catalogue().find(language).expect("known language");
-    let (limits, compile_limits) = lang.limits(runtime, &Default::default());
+    let (limits, compile_limits) = lang.limits(
+        runtime,
+        &Default::default(),
+        &formicary_engine::spec::Limits::default_maximum(),
+    );
     CodeRequest {
         language: Some(language.into()),
         files: vec![SourceFile {
@@ -31,6 +35,7 @@ fn request(language: &str, name: &str, code: &str, stdin: &str, lang: &Language)
         input_files: vec![],
         outputs: None,
         allow_degraded: false,
+        profile: false,
     }
 }
 
