@@ -42,8 +42,10 @@ fn host_mounts() -> BTreeSet<String> {
         .lines()
         .filter(|l| {
             let fstype = l.split(" - ").nth(1).and_then(|t| t.split(' ').next());
-            matches!(fstype, Some("tmpfs" | "proc" | "devtmpfs" | "cgroup" | "cgroup2"))
-                || l.contains(" /usr ")
+            matches!(
+                fstype,
+                Some("tmpfs" | "proc" | "devtmpfs" | "cgroup" | "cgroup2")
+            ) || l.contains(" /usr ")
                 || l.contains("/.oldroot")
                 || l.contains("/sandbox")
         })
@@ -66,7 +68,9 @@ fn assert_clean(run: &common::Run) {
 fn a_fork_bomb_leaves_nothing_behind() {
     require_root!();
     let mounts = host_mounts();
-    let r = sh("b() { b | b & }; b; sleep 100").flags(&["--wall-time", "2"]).run();
+    let r = sh("b() { b | b & }; b; sleep 100")
+        .flags(&["--wall-time", "2"])
+        .run();
     assert_eq!(r.status(), "timeout", "{:?}", r.json);
     assert_clean(&r);
     let added: Vec<String> = host_mounts().difference(&mounts).cloned().collect();
@@ -115,7 +119,9 @@ fn zombies_leave_nothing_behind() {
 #[test]
 fn a_memory_bomb_leaves_nothing_behind() {
     require_root!();
-    let r = python("b = []\nwhile True: b.append(b'x' * (8 << 20))").flags(&["--memory", "48M"]).run();
+    let r = python("b = []\nwhile True: b.append(b'x' * (8 << 20))")
+        .flags(&["--memory", "48M"])
+        .run();
     assert_eq!(r.status(), "memory_exceeded", "{:?}", r.json);
     assert_clean(&r);
 }

@@ -31,7 +31,12 @@ impl Host {
     }
 
     fn path(&self, name: &str) -> String {
-        self.dir.path().join(name).to_str().expect("utf-8").to_string()
+        self.dir
+            .path()
+            .join(name)
+            .to_str()
+            .expect("utf-8")
+            .to_string()
     }
 
     fn out(&self) -> String {
@@ -108,7 +113,12 @@ fn a_symlink_in_a_subdirectory_to_proc_self_root_is_not_followed() {
     // own /proc/self would be the host's.
     require_root!();
     let host = Host::new();
-    let r = run_out(&host, "mkdir d && ln -s /proc/self/root/etc/passwd d/passwd", "**", &[]);
+    let r = run_out(
+        &host,
+        "mkdir d && ln -s /proc/self/root/etc/passwd d/passwd",
+        "**",
+        &[],
+    );
     assert_eq!(r.status(), "ok", "{:?}", r.json);
     assert_eq!(files(&r), []);
     assert!(!Path::new(&host.out()).join("d/passwd").exists());
@@ -121,10 +131,18 @@ fn an_output_fifo_is_skipped_without_hanging() {
     let host = Host::new();
     let start = Instant::now();
     let r = run_out(&host, "mkfifo out.txt", "*.txt", &[]);
-    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
     assert_eq!(r.status(), "ok", "{:?}", r.json);
     assert_eq!(files(&r), []);
-    assert!(error(&r).contains("out.txt (not a regular file)"), "{}", error(&r));
+    assert!(
+        error(&r).contains("out.txt (not a regular file)"),
+        "{}",
+        error(&r)
+    );
 }
 
 #[test]
@@ -151,7 +169,12 @@ fn an_output_symlink_to_a_device_is_not_read() {
     require_root!();
     let host = Host::new();
     let start = Instant::now();
-    let r = run_out(&host, "ln -s /dev/zero z.bin; ln -s /dev/urandom u.bin", "*.bin", &[]);
+    let r = run_out(
+        &host,
+        "ln -s /dev/zero z.bin; ln -s /dev/urandom u.bin",
+        "*.bin",
+        &[],
+    );
     assert!(start.elapsed() < Duration::from_secs(5));
     assert_eq!(r.status(), "ok", "{:?}", r.json);
     assert_eq!(files(&r), []);
@@ -177,7 +200,12 @@ fn two_sparse_files_together_stop_at_the_output_total() {
     // Copy-out byte budget: each fits, both together do not.
     require_root!();
     let host = Host::new();
-    let r = run_out(&host, "truncate -s 40M a.bin; truncate -s 40M b.bin", "*.bin", &[]);
+    let r = run_out(
+        &host,
+        "truncate -s 40M a.bin; truncate -s 40M b.bin",
+        "*.bin",
+        &[],
+    );
     assert_eq!(r.status(), "ok", "{:?}", r.json);
     assert_eq!(files(&r).len(), 1, "{:?}", files(&r));
     let total: u64 = common::snapshot(Path::new(&host.out()))
@@ -229,7 +257,11 @@ fn a_glob_with_dot_dot_matches_nothing_outside() {
     require_root!();
     let host = Host::new();
     let r = run_out(&host, "echo x > a", "../*", &[]);
-    assert!(r.status() == "ok" || r.status() == "setup_error", "{:?}", r.json);
+    assert!(
+        r.status() == "ok" || r.status() == "setup_error",
+        "{:?}",
+        r.json
+    );
     assert_eq!(files(&r), []);
     let out = common::snapshot(Path::new(&host.out()));
     assert!(out.is_empty(), "{out:?}");
@@ -260,13 +292,21 @@ fn a_file_named_with_dots_and_newlines_stays_in_the_out_dir() {
     // Copy-out: names are single components; `..` cannot be a file name.
     require_root!();
     let host = Host::new();
-    let r = run_out(&host, "printf x > '...'; printf y > 'a\nb'; printf z > '..a'", "**", &[]);
+    let r = run_out(
+        &host,
+        "printf x > '...'; printf y > 'a\nb'; printf z > '..a'",
+        "**",
+        &[],
+    );
     assert_eq!(r.status(), "ok", "{:?}", r.json);
     assert_eq!(files(&r).len(), 3, "{:?}", files(&r));
     for (path, _) in common::snapshot(Path::new(&host.out())) {
         assert!(path.starts_with(host.out()), "{}", path.display());
     }
-    assert_eq!(std::fs::read_to_string(host.path("victim/f")).expect("victim"), "victim");
+    assert_eq!(
+        std::fs::read_to_string(host.path("victim/f")).expect("victim"),
+        "victim"
+    );
 }
 
 #[test]
@@ -280,7 +320,12 @@ fn a_setuid_output_file_lands_without_its_setuid_bit() {
     assert_eq!(r.status(), "ok", "{:?}", r.json);
     assert_eq!(files(&r).len(), 1);
     let meta = std::fs::metadata(Path::new(&host.out()).join("x")).expect("stat x");
-    assert_eq!(meta.permissions().mode() & 0o7000, 0, "{:o}", meta.permissions().mode());
+    assert_eq!(
+        meta.permissions().mode() & 0o7000,
+        0,
+        "{:o}",
+        meta.permissions().mode()
+    );
 }
 
 #[test]
@@ -296,7 +341,12 @@ fn pre_existing_links_in_the_out_dir_are_not_written_through() {
     std::os::unix::fs::symlink(host.path("victim/f"), Path::new(&host.out()).join("f"))
         .expect("symlink");
     let before = common::snapshot(&host.dir.path().join("victim"));
-    let r = run_out(&host, "mkdir sub; echo EVIL > sub/f; echo EVIL > f", "**", &[]);
+    let r = run_out(
+        &host,
+        "mkdir sub; echo EVIL > sub/f; echo EVIL > f",
+        "**",
+        &[],
+    );
     assert_eq!(common::snapshot(&host.dir.path().join("victim")), before);
     assert!(!error(&r).is_empty(), "{:?}", r.json);
 }
@@ -359,7 +409,12 @@ fn outputs_are_copied_only_after_the_background_writer_is_dead() {
     // a snapshot, not a live file that keeps growing on the host.
     require_root!();
     let host = Host::new();
-    let r = run_out(&host, "(while true; do echo x >> grow.txt; done) & sleep 0.2", "grow.txt", &[]);
+    let r = run_out(
+        &host,
+        "(while true; do echo x >> grow.txt; done) & sleep 0.2",
+        "grow.txt",
+        &[],
+    );
     assert_eq!(r.status(), "ok", "{:?}", r.json);
     let size = std::fs::metadata(Path::new(&host.out()).join("grow.txt"))
         .expect("copied")

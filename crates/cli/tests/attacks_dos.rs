@@ -35,7 +35,10 @@ fn beside(attack: Exec, ramp: Duration) -> (common::Run, Duration) {
     assert_eq!(benign.status(), "ok", "{:?}", benign.json);
     assert_eq!(benign.stdout(), "benign\n");
     let r = handle.join().expect("the attack's thread");
-    assert!(took < PROMPT, "a benign run beside the attack took {took:?}");
+    assert!(
+        took < PROMPT,
+        "a benign run beside the attack took {took:?}"
+    );
     // Nothing of the attack outlives its run.
     let uid = r.host_uid();
     let gone = common::eventually(Duration::from_secs(3), || {
@@ -161,12 +164,8 @@ fn tmpfs_memory_beyond_the_memory_limit_is_memory_exceeded_or_refused() {
     // a --disk larger than --memory cannot turn into host memory.
     require_root!();
     let (r, _) = beside(
-        sh("head -c 120M /dev/zero > /tmp/f; echo rc=$?").flags(&[
-            "--disk",
-            "256M",
-            "--memory",
-            "64M",
-        ]),
+        sh("head -c 120M /dev/zero > /tmp/f; echo rc=$?")
+            .flags(&["--disk", "256M", "--memory", "64M"]),
         Duration::from_millis(300),
     );
     assert!(
@@ -232,7 +231,10 @@ fn a_huge_single_file_stops_at_the_file_size_limit() {
 fn a_stdout_flood_is_output_exceeded() {
     // supervisor output limit.
     require_root!();
-    let (r, _) = beside(exec(&["yes", "flood"]).flags(&["--output", "64K"]), Duration::from_millis(200));
+    let (r, _) = beside(
+        exec(&["yes", "flood"]).flags(&["--output", "64K"]),
+        Duration::from_millis(200),
+    );
     assert_eq!(r.status(), "output_exceeded", "{:?}", r.json);
     assert_eq!(r.json["stdout_truncated"], true);
     assert_eq!(r.stdout().len(), 64 << 10);
@@ -243,7 +245,10 @@ fn a_stdout_flood_is_output_exceeded() {
 fn a_stderr_flood_is_output_exceeded() {
     // supervisor output limit, separately for stderr.
     require_root!();
-    let (r, _) = beside(sh("yes flood >&2").flags(&["--output", "64K"]), Duration::from_millis(200));
+    let (r, _) = beside(
+        sh("yes flood >&2").flags(&["--output", "64K"]),
+        Duration::from_millis(200),
+    );
     assert_eq!(r.status(), "output_exceeded", "{:?}", r.json);
     assert_eq!(r.json["stderr_truncated"], true);
     assert_eq!(r.stderr_of_program().len(), 64 << 10);
@@ -283,7 +288,10 @@ fn cpu_spin_in_many_threads_is_cpu_time_exceeded() {
 fn sleeping_forever_is_a_timeout() {
     // supervisor wall-time deadline.
     require_root!();
-    let (r, _) = beside(exec(&["sleep", "infinity"]).flags(&["--wall-time", "2"]), ramp());
+    let (r, _) = beside(
+        exec(&["sleep", "infinity"]).flags(&["--wall-time", "2"]),
+        ramp(),
+    );
     assert_eq!(r.status(), "timeout", "{:?}", r.json);
     assert_eq!(r.exit_code(), None);
     assert_eq!(r.json["signal"], 9);
@@ -306,7 +314,12 @@ fn zombies_are_bounded_by_pids_and_reaped_with_the_sandbox() {
     };
     let (r, _) = beside(p.flags(&["--wall-time", "3", "--pids", "30"]), ramp());
     assert_eq!(r.status(), "timeout", "{:?}", r.json);
-    let n: u32 = r.stdout().trim().trim_start_matches("zombies ").parse().expect("count");
+    let n: u32 = r
+        .stdout()
+        .trim()
+        .trim_start_matches("zombies ")
+        .parse()
+        .expect("count");
     assert!(n < 30, "{n}");
 }
 
@@ -344,7 +357,11 @@ fn a_double_fork_setsid_grandchild_dies_with_the_program() {
     };
     let start = Instant::now();
     let (r, _) = beside(p.flags(&["--wall-time", "20"]), Duration::from_millis(100));
-    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
     assert_eq!(r.status(), "ok", "{:?}", r.json);
     assert_eq!(r.stdout(), "parent exits\n");
 }
@@ -358,7 +375,11 @@ fn a_daemonised_child_keeping_the_pipes_open_does_not_hold_the_run() {
         sh("(setsid sleep 100 &); echo started").flags(&["--wall-time", "30"]),
         Duration::from_millis(100),
     );
-    assert!(start.elapsed() < Duration::from_secs(10), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        start.elapsed()
+    );
     assert_eq!(r.status(), "ok", "{:?}", r.json);
     assert_eq!(r.stdout(), "started\n");
 }
@@ -369,8 +390,10 @@ fn a_denied_syscall_flood_is_bounded() {
     // denials, then stops; the wall time ends the run.
     require_root!();
     let (r, _) = beside(
-        python("import ctypes\nlibc = ctypes.CDLL(None)\nwhile True: libc.syscall(165, 0, 0, 0, 0, 0)")
-            .flags(&["--wall-time", "8"]),
+        python(
+            "import ctypes\nlibc = ctypes.CDLL(None)\nwhile True: libc.syscall(165, 0, 0, 0, 0, 0)",
+        )
+        .flags(&["--wall-time", "8"]),
         ramp(),
     );
     assert!(

@@ -24,7 +24,12 @@ fn refused(args: &[&str]) -> Option<(i32, common::Run)> {
     let r = probe_run(args)?;
     assert_eq!(r.status(), "ok", "{:?}", r.json);
     assert_eq!(r.exit_code(), Some(0), "{:?}", r.json);
-    let line = r.stdout().lines().last().expect("the probe reported").to_string();
+    let line = r
+        .stdout()
+        .lines()
+        .last()
+        .expect("the probe reported")
+        .to_string();
     let fields: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(fields.len(), 3, "{line}");
     assert_eq!(fields[0], args[0], "{line}");
@@ -232,7 +237,10 @@ fn usr_is_unchanged_on_the_host_after_a_write_storm() {
     assert!(!std::path::Path::new("/usr/bin/sh2").exists());
     assert!(std::fs::symlink_metadata("/usr/share/l").is_err());
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata("/usr/bin/env").expect("stat env").permissions().mode();
+    let mode = std::fs::metadata("/usr/bin/env")
+        .expect("stat env")
+        .permissions()
+        .mode();
     assert_ne!(mode & 0o777, 0o777);
 }
 
@@ -397,7 +405,8 @@ fn mknod_of_a_block_device_is_refused() {
 fn dev_holds_no_host_disk_or_tty() {
     // Mount namespace: /dev is built from five devices.
     require_root!();
-    let r = sh("ls /dev/vda /dev/sda /dev/tty /dev/console /dev/kmsg /dev/mem 2>/dev/null; true").run();
+    let r =
+        sh("ls /dev/vda /dev/sda /dev/tty /dev/console /dev/kmsg /dev/mem 2>/dev/null; true").run();
     assert_eq!(r.status(), "ok", "{:?}", r.json);
     assert_eq!(r.stdout(), "");
 }
@@ -411,7 +420,11 @@ fn su_gains_no_privilege() {
     require_root!();
     let r = sh("su -c 'id -u' root </dev/null; echo rc=$?; id -u").run();
     assert_eq!(r.status(), "ok", "{:?}", r.json);
-    assert!(!r.stdout().contains("\n0\n") && !r.stdout().starts_with("0\n"), "{}", r.stdout());
+    assert!(
+        !r.stdout().contains("\n0\n") && !r.stdout().starts_with("0\n"),
+        "{}",
+        r.stdout()
+    );
     assert!(r.stdout().ends_with("1000\n"), "{}", r.stdout());
     assert!(!r.stdout().contains("rc=0"), "{}", r.stdout());
 }
@@ -441,7 +454,9 @@ fn a_root_owned_setuid_probe_bound_from_the_host_runs_as_the_sandbox_user() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&suid, std::fs::Permissions::from_mode(0o4755)).expect("chmod");
     let bind = format!("{}:/opt/bin", dir.path().display());
-    let r = exec(&["/opt/bin/suid-probe", "ids"]).flags(&["--ro-bind", &bind]).run();
+    let r = exec(&["/opt/bin/suid-probe", "ids"])
+        .flags(&["--ro-bind", &bind])
+        .run();
     assert_eq!(r.status(), "ok", "{:?}", r.json);
     assert_eq!(r.stdout(), "ids 1000 1000 1000\n");
 }
@@ -455,7 +470,10 @@ fn a_setuid_bit_set_inside_the_sandbox_gives_nothing() {
         sh("cp ./probe ./s && chmod 4755 ./s && ./s ids")
             .flags(&[
                 "--file",
-                common::attack_probe().expect("probe").to_str().expect("utf-8"),
+                common::attack_probe()
+                    .expect("probe")
+                    .to_str()
+                    .expect("utf-8"),
             ])
             .run()
     }) else {

@@ -19,7 +19,12 @@ const ECONNREFUSED: &str = "111";
 fn case(args: &[&str]) -> Option<(Vec<String>, common::Run)> {
     let r = probe_run(args)?;
     assert_eq!(r.status(), "ok", "{:?}", r.json);
-    let line = r.stdout().lines().last().expect("a report line").to_string();
+    let line = r
+        .stdout()
+        .lines()
+        .last()
+        .expect("a report line")
+        .to_string();
     Some((line.split_whitespace().map(str::to_string).collect(), r))
 }
 
@@ -85,8 +90,15 @@ fn tcp_to_an_outside_address_fails_fast() {
     let Some((f, _)) = case(&["tcp-connect", "192.0.2.1", "80"]) else {
         return;
     };
-    assert!(f == ["tcp-connect", "-1", EACCES] || f == ["tcp-connect", "-1", ENETUNREACH], "{f:?}");
-    assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+    assert!(
+        f == ["tcp-connect", "-1", EACCES] || f == ["tcp-connect", "-1", ENETUNREACH],
+        "{f:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
@@ -310,9 +322,15 @@ fn the_callers_command_line_is_not_readable_through_proc_1_cmdline() {
     let marker = dir.path().join("host-only-name-7f3a");
     std::fs::write(&marker, "x").expect("write");
     let file = format!("{}:in.txt", marker.display());
-    let r = sh("tr '\\0' ' ' < /proc/1/cmdline").flags(&["--file", &file]).run();
+    let r = sh("tr '\\0' ' ' < /proc/1/cmdline")
+        .flags(&["--file", &file])
+        .run();
     assert_eq!(r.status(), "ok", "{:?}", r.json);
-    assert!(!r.stdout().contains("host-only-name-7f3a"), "{}", r.stdout());
+    assert!(
+        !r.stdout().contains("host-only-name-7f3a"),
+        "{}",
+        r.stdout()
+    );
 }
 
 #[test]
@@ -461,7 +479,11 @@ fn another_sandbox_cannot_be_signalled_by_its_host_pid() {
         return;
     };
     // kill -1 from the shell kills the shell's own sandbox, at most.
-    assert!(r.status() == "ok" || r.status() == "signaled", "{:?}", r.json);
+    assert!(
+        r.status() == "ok" || r.status() == "signaled",
+        "{:?}",
+        r.json
+    );
 }
 
 #[test]

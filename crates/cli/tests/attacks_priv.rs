@@ -26,7 +26,12 @@ const ENOSYS_NEG: &str = "-38";
 fn case(args: &[&str]) -> Option<(Vec<String>, common::Run)> {
     let r = probe_run(args)?;
     assert_eq!(r.status(), "ok", "{:?}", r.json);
-    let line = r.stdout().lines().last().expect("a report line").to_string();
+    let line = r
+        .stdout()
+        .lines()
+        .last()
+        .expect("a report line")
+        .to_string();
     Some((line.split_whitespace().map(str::to_string).collect(), r))
 }
 
@@ -472,7 +477,12 @@ fn i386_int_0x80_getuid_is_refused_by_the_architecture_check() {
         return;
     };
     assert_eq!(f, ["int80", ENOSYS_NEG]);
-    assert_eq!(r.denied("i386:getuid32"), 1, "{:?}", r.json["denied_syscalls"]);
+    assert_eq!(
+        r.denied("i386:getuid32"),
+        1,
+        "{:?}",
+        r.json["denied_syscalls"]
+    );
 }
 
 #[test]
