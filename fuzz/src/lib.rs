@@ -51,8 +51,11 @@ pub fn seccomp_policy(data: &[u8]) {
     }
 }
 
+/// A fuzz target: arbitrary bytes in, a panic on a finding.
+pub type Target = fn(&[u8]);
+
 /// Every target, by name.
-pub const TARGETS: [(&str, fn(&[u8])); 4] = [
+pub const TARGETS: [(&str, Target); 4] = [
     ("config", config),
     ("units", units),
     ("catalogue", catalogue),
