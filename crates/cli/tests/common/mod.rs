@@ -322,3 +322,443 @@ pub fn eventually(timeout: std::time::Duration, mut cond: impl FnMut() -> bool) 
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// A C probe for the `attacks_*` tests: `probe CASE [ARGS]` makes raw
+/// system calls and prints one line per attempt, `CASE RESULT ERRNO`
+/// (`RESULT` is the call's return value, `ERRNO` 0 when it succeeded), so
+/// the test sees exactly what the kernel answered.
+pub const ATTACK_PROBE: &str = r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/sched.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/mount.h>
+#include <sys/personality.h>
+#include <sys/prctl.h>
+#include <sys/ptrace.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
+#include <termios.h>
+#include <time.h>
+#include <stddef.h>
+#include <unistd.h>
+
+static void report(const char *what, long r) {
+    printf("%s %ld %d\n", what, r, r < 0 ? errno : 0);
+    fflush(stdout);
+}
+
+int main(int argc, char **argv) {
+    const char *a = argc > 1 ? argv[1] : "";
+    const char *p = argc > 2 ? argv[2] : "";
+    const char *q = argc > 3 ? argv[3] : "";
+    long r;
+    errno = 0;
+    if (!strcmp(a, "read")) {
+        /* open and read PATH: "read N 0" with the bytes read, or the errno */
+        int fd = open(p, O_RDONLY);
+        if (fd < 0) { report(a, fd); return 0; }
+        char buf[4096];
+        r = read(fd, buf, sizeof buf);
+        report(a, r);
+    } else if (!strcmp(a, "write")) {
+        report(a, open(p, O_WRONLY | O_CREAT | O_TRUNC, 0644));
+    } else if (!strcmp(a, "mkdir")) {
+        report(a, mkdir(p, 0755));
+    } else if (!strcmp(a, "unlink")) {
+        report(a, unlink(p));
+    } else if (!strcmp(a, "rename")) {
+        report(a, rename(p, q));
+    } else if (!strcmp(a, "link")) {
+        report(a, link(p, q));
+    } else if (!strcmp(a, "symlink-read")) {
+        /* plant a link to PATH in /sandbox and read through it */
+        unlink("/sandbox/lnk");
+        r = symlink(p, "/sandbox/lnk");
+        if (r < 0) { report(a, r); return 0; }
+        int fd = open("/sandbox/lnk", O_RDONLY);
+        if (fd < 0) { report(a, fd); return 0; }
+        char buf[4096];
+        report(a, read(fd, buf, sizeof buf));
+    } else if (!strcmp(a, "mknod-chr")) {
+        report(a, mknod(p, S_IFCHR | 0666, makedev(atoi(q), 0)));
+    } else if (!strcmp(a, "mknod-blk")) {
+        report(a, mknod(p, S_IFBLK | 0666, makedev(8, 0)));
+    } else if (!strcmp(a, "mknod-fifo")) {
+        report(a, mknod(p, S_IFIFO | 0666, 0));
+    } else if (!strcmp(a, "chroot")) {
+        report(a, chroot(p));
+    } else if (!strcmp(a, "pivot-root")) {
+        report(a, syscall(SYS_pivot_root, "/sandbox", "/sandbox"));
+    } else if (!strcmp(a, "mount-tmpfs")) {
+        report(a, mount("none", p, "tmpfs", 0, NULL));
+    } else if (!strcmp(a, "mount-bind")) {
+        report(a, mount(p, q, NULL, MS_BIND | MS_REC, NULL));
+    } else if (!strcmp(a, "mount-proc")) {
+        report(a, mount("proc", p, "proc", 0, NULL));
+    } else if (!strcmp(a, "mount-cgroup")) {
+        /* CVE-2022-0492: a cgroup v1 mount to write release_agent */
+        report(a, mount("cgroup", p, "cgroup", 0, "rdma"));
+    } else if (!strcmp(a, "remount-rw")) {
+        report(a, mount(NULL, p, NULL, MS_REMOUNT | MS_BIND, NULL));
+    } else if (!strcmp(a, "umount")) {
+        report(a, umount2(p, MNT_DETACH));
+    } else if (!strcmp(a, "open-tree")) {
+        report(a, syscall(SYS_open_tree, AT_FDCWD, p, 1 /* OPEN_TREE_CLONE */));
+    } else if (!strcmp(a, "fsopen")) {
+        report(a, syscall(SYS_fsopen, "tmpfs", 0));
+    } else if (!strcmp(a, "mount-setattr")) {
+        char attr[32] = {0};
+        report(a, syscall(SYS_mount_setattr, AT_FDCWD, p, 0, attr, sizeof attr));
+    } else if (!strcmp(a, "name-to-handle")) {
+        char buf[sizeof(struct file_handle) + 128];
+        struct file_handle *fh = (struct file_handle *)buf;
+        fh->handle_bytes = 128;
+        int mnt;
+        report(a, syscall(SYS_name_to_handle_at, AT_FDCWD, p, fh, &mnt, 0));
+    } else if (!strcmp(a, "open-by-handle")) {
+        /* shocker: a guessed handle of the host root's inode 2 */
+        char buf[sizeof(struct file_handle) + 8];
+        struct file_handle *fh = (struct file_handle *)buf;
+        fh->handle_bytes = 8;
+        fh->handle_type = 1;
+        uint32_t ino[2] = {2, 0};
+        memcpy(fh->f_handle, ino, 8);
+        report(a, syscall(SYS_open_by_handle_at, AT_FDCWD, fh, O_RDONLY));
+    } else if (!strcmp(a, "ids")) {
+        uid_t r1, e, s;
+        getresuid(&r1, &e, &s);
+        printf("ids %d %d %d\n", r1, e, s);
+    } else if (!strcmp(a, "setuid0")) {
+        report(a, syscall(SYS_setresuid, 0, 0, 0));
+    } else if (!strcmp(a, "setgid0")) {
+        report(a, syscall(SYS_setresgid, 0, 0, 0));
+    } else if (!strcmp(a, "setgroups0")) {
+        gid_t g = 0;
+        report(a, syscall(SYS_setgroups, 1, &g));
+    } else if (!strcmp(a, "capset")) {
+        struct { uint32_t version; int pid; } hdr = {0x20080522, 0};
+        struct { uint32_t eff, prm, inh; } data[2];
+        memset(data, 0xff, sizeof data);
+        report(a, syscall(SYS_capset, &hdr, data));
+    } else if (!strcmp(a, "ambient-raise")) {
+        report(a, prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, 21 /* SYS_ADMIN */, 0, 0));
+    } else if (!strcmp(a, "keep-caps")) {
+        report(a, prctl(PR_SET_SECUREBITS, 0, 0, 0, 0));
+    } else if (!strcmp(a, "caps")) {
+        /* effective, permitted, bounding, ambient sets from /proc */
+        FILE *f = fopen("/proc/self/status", "r");
+        char line[256];
+        while (f && fgets(line, sizeof line, f))
+            if (!strncmp(line, "Cap", 3) || !strncmp(line, "NoNewPrivs", 10)) fputs(line, stdout);
+    } else if (!strcmp(a, "unshare")) {
+        report(a, unshare(strtol(p, NULL, 0)));
+    } else if (!strcmp(a, "setns")) {
+        int fd = open("/proc/1/ns/mnt", O_RDONLY);
+        report(a, setns(fd < 0 ? 0 : fd, 0));
+    } else if (!strcmp(a, "clone")) {
+        /* clone with FLAGS (hex), high bits included */
+        unsigned long flags = strtoul(p, NULL, 0);
+        r = syscall(SYS_clone, flags | SIGCHLD, 0, 0, 0, 0);
+        if (r == 0) _exit(42);
+        if (r > 0) waitpid(r, NULL, 0);
+        report(a, r > 0 ? 1 : r);
+    } else if (!strcmp(a, "clone3")) {
+        struct clone_args args;
+        memset(&args, 0, sizeof args);
+        args.flags = strtoul(p, NULL, 0);
+        args.exit_signal = SIGCHLD;
+        r = syscall(SYS_clone3, &args, sizeof args);
+        if (r == 0) _exit(42);
+        report(a, r > 0 ? 1 : r);
+    } else if (!strcmp(a, "ptrace-attach")) {
+        report(a, ptrace(PTRACE_ATTACH, atoi(p), 0, 0));
+    } else if (!strcmp(a, "ptrace-child")) {
+        /* trace our own child: allowed to a debugger, refused here */
+        pid_t c = fork();
+        if (c == 0) { pause(); _exit(0); }
+        r = ptrace(PTRACE_ATTACH, c, 0, 0);
+        report(a, r);
+        kill(c, SIGKILL);
+    } else if (!strcmp(a, "ptrace-traceme")) {
+        report(a, ptrace(PTRACE_TRACEME, 0, 0, 0));
+    } else if (!strcmp(a, "process-vm-readv")) {
+        char buf[16];
+        struct iovec l = {buf, 16}, rm = {(void *)0x400000, 16};
+        report(a, syscall(SYS_process_vm_readv, 1, &l, 1, &rm, 1, 0));
+    } else if (!strcmp(a, "pidfd-getfd")) {
+        int pfd = syscall(SYS_pidfd_open, 1, 0);
+        report("pidfd-open", pfd);
+        report(a, syscall(SYS_pidfd_getfd, pfd < 0 ? 0 : pfd, 0, 0));
+    } else if (!strcmp(a, "kill")) {
+        report(a, kill(atoi(p), atoi(q)));
+    } else if (!strcmp(a, "open-exe-write")) {
+        /* CVE-2019-5736: reopen the runtime's binary through /proc/PID/exe */
+        report(a, open(p, O_WRONLY));
+    } else if (!strcmp(a, "readlink")) {
+        char buf[512];
+        r = readlink(p, buf, sizeof buf - 1);
+        if (r >= 0) { buf[r] = 0; printf("readlink %s\n", buf); } else report(a, r);
+    } else if (!strcmp(a, "fds")) {
+        /* every open descriptor above 2, with what it points to */
+        int n = 0;
+        for (int fd = 3; fd < 4096; fd++) {
+            if (fcntl(fd, F_GETFD) < 0) continue;
+            char path[64], target[512];
+            snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+            ssize_t l = readlink(path, target, sizeof target - 1);
+            target[l < 0 ? 0 : l] = 0;
+            printf("fd %d %s\n", fd, target);
+            n++;
+        }
+        printf("fds %d\n", n);
+    } else if (!strcmp(a, "openat-fd")) {
+        /* CVE-2024-21626: openat through an inherited directory fd */
+        int hits = 0;
+        for (int fd = 3; fd < 1024; fd++) {
+            int f = openat(fd, p, O_RDONLY);
+            if (f >= 0) { printf("openat-fd %d opened\n", fd); hits++; }
+        }
+        printf("openat-fd hits %d\n", hits);
+    } else if (!strcmp(a, "tiocsti")) {
+        /* CVE-2019-10063: the command with high bits set in the 64-bit argument */
+        char c = 'x';
+        unsigned long cmd = TIOCSTI | strtoul(p, NULL, 0);
+        report(a, syscall(SYS_ioctl, 0, cmd, &c));
+    } else if (!strcmp(a, "tioclinux")) {
+        char sub = 2; /* TIOCL_SETSEL: the console selection exploit */
+        unsigned long cmd = TIOCLINUX | strtoul(p, NULL, 0);
+        report(a, syscall(SYS_ioctl, 0, cmd, &sub));
+    } else if (!strcmp(a, "add-key")) {
+        report(a, syscall(SYS_add_key, "user", "probe", "x", 1, -3 /* session */));
+    } else if (!strcmp(a, "keyctl")) {
+        report(a, syscall(SYS_keyctl, 0 /* GET_KEYRING_ID */, -3, 1));
+    } else if (!strcmp(a, "request-key")) {
+        report(a, syscall(SYS_request_key, "user", "probe", NULL, 0));
+    } else if (!strcmp(a, "bpf")) {
+        char attr[128] = {0};
+        report(a, syscall(SYS_bpf, 0 /* MAP_CREATE */, attr, sizeof attr));
+    } else if (!strcmp(a, "perf-event-open")) {
+        char attr[128] = {0};
+        *(uint32_t *)(attr + 4) = sizeof attr;
+        report(a, syscall(SYS_perf_event_open, attr, 0, -1, -1, 0));
+    } else if (!strcmp(a, "userfaultfd")) {
+        report(a, syscall(SYS_userfaultfd, 0));
+    } else if (!strcmp(a, "io-uring")) {
+        char params[120] = {0};
+        report(a, syscall(SYS_io_uring_setup, 8, params));
+    } else if (!strcmp(a, "init-module")) {
+        report(a, syscall(SYS_init_module, "", 0, ""));
+    } else if (!strcmp(a, "finit-module")) {
+        int fd = open("/dev/null", O_RDONLY);
+        report(a, syscall(SYS_finit_module, fd, "", 0));
+    } else if (!strcmp(a, "delete-module")) {
+        report(a, syscall(SYS_delete_module, "loop", 0));
+    } else if (!strcmp(a, "kexec")) {
+        report(a, syscall(SYS_kexec_load, 0, 0, NULL, 0));
+    } else if (!strcmp(a, "reboot")) {
+        report(a, syscall(SYS_reboot, 0xfee1dead, 672274793, 0x4321fedc, NULL));
+    } else if (!strcmp(a, "syslog")) {
+        char buf[256];
+        report(a, syscall(SYS_syslog, 3 /* READ_ALL */, buf, sizeof buf));
+    } else if (!strcmp(a, "settime")) {
+        struct timespec ts = {0, 0};
+        report(a, syscall(SYS_clock_settime, CLOCK_REALTIME, &ts));
+    } else if (!strcmp(a, "iopl")) {
+        report(a, syscall(SYS_iopl, 3));
+    } else if (!strcmp(a, "ioperm")) {
+        report(a, syscall(SYS_ioperm, 0x60, 1, 1));
+    } else if (!strcmp(a, "modify-ldt")) {
+        char buf[16];
+        report(a, syscall(SYS_modify_ldt, 0, buf, sizeof buf));
+    } else if (!strcmp(a, "personality")) {
+        report(a, syscall(SYS_personality, strtoul(p, NULL, 0)));
+    } else if (!strcmp(a, "int80")) {
+        /* i386 ABI from a 64-bit process: getuid32 (199) via int 0x80 */
+        long ret;
+        __asm__ volatile("int $0x80" : "=a"(ret) : "a"(199L) : "memory");
+        printf("int80 %ld\n", ret);
+    } else if (!strcmp(a, "int80-setuid")) {
+        /* i386 setuid32 (213) to 0, past a filter that checked only x86_64 */
+        long ret;
+        __asm__ volatile("int $0x80" : "=a"(ret) : "a"(213L), "b"(0L) : "memory");
+        printf("int80-setuid %ld\n", ret);
+    } else if (!strcmp(a, "x32")) {
+        /* x32 ABI: the syscall number with bit 30 set; mount(2) is 165 */
+        long ret;
+        __asm__ volatile("syscall" : "=a"(ret) : "a"(0x40000000L | 165), "D"(0L), "S"(0L), "d"(0L) : "rcx", "r11", "memory");
+        printf("x32 %ld\n", ret);
+    } else if (!strcmp(a, "x32-getpid")) {
+        long ret;
+        __asm__ volatile("syscall" : "=a"(ret) : "a"(0x40000000L | 39) : "rcx", "r11", "memory");
+        printf("x32-getpid %ld\n", ret);
+    } else if (!strcmp(a, "socket")) {
+        report(a, socket(atoi(p), atoi(q), argc > 4 ? atoi(argv[4]) : 0));
+    } else if (!strcmp(a, "tcp-connect")) {
+        int s = socket(strchr(p, ':') ? AF_INET6 : AF_INET, SOCK_STREAM, 0);
+        if (s < 0) { report(a, s); return 0; }
+        if (strchr(p, ':')) {
+            struct sockaddr_in6 sa = {0};
+            sa.sin6_family = AF_INET6;
+            sa.sin6_port = htons(atoi(q));
+            inet_pton(AF_INET6, p, &sa.sin6_addr);
+            report(a, connect(s, (struct sockaddr *)&sa, sizeof sa));
+        } else {
+            struct sockaddr_in sa = {0};
+            sa.sin_family = AF_INET;
+            sa.sin_port = htons(atoi(q));
+            inet_pton(AF_INET, p, &sa.sin_addr);
+            report(a, connect(s, (struct sockaddr *)&sa, sizeof sa));
+        }
+    } else if (!strcmp(a, "udp-send")) {
+        int s = socket(AF_INET, SOCK_DGRAM, 0);
+        struct sockaddr_in sa = {0};
+        sa.sin_family = AF_INET;
+        sa.sin_port = htons(atoi(q));
+        inet_pton(AF_INET, p, &sa.sin_addr);
+        report(a, sendto(s, "probe", 5, 0, (struct sockaddr *)&sa, sizeof sa));
+    } else if (!strcmp(a, "tcp-bind")) {
+        int s = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in sa = {0};
+        sa.sin_family = AF_INET;
+        sa.sin_port = htons(atoi(p));
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        report(a, bind(s, (struct sockaddr *)&sa, sizeof sa));
+    } else if (!strcmp(a, "abstract-connect")) {
+        int s = socket(AF_UNIX, SOCK_STREAM, 0);
+        struct sockaddr_un sa = {0};
+        sa.sun_family = AF_UNIX;
+        size_t n = strlen(p);
+        memcpy(sa.sun_path + 1, p, n);
+        report(a, connect(s, (struct sockaddr *)&sa, offsetof(struct sockaddr_un, sun_path) + 1 + n));
+    } else if (!strcmp(a, "abstract-listen")) {
+        /* bind an abstract name, say so, and wait for a connection */
+        int s = socket(AF_UNIX, SOCK_STREAM, 0);
+        struct sockaddr_un sa = {0};
+        sa.sun_family = AF_UNIX;
+        size_t n = strlen(p);
+        memcpy(sa.sun_path + 1, p, n);
+        r = bind(s, (struct sockaddr *)&sa, offsetof(struct sockaddr_un, sun_path) + 1 + n);
+        report(a, r);
+        listen(s, 1);
+        sleep(atoi(q));
+    } else if (!strcmp(a, "getaddrinfo")) {
+        FILE *f = popen("getent hosts example.com", "r");
+        char buf[256] = {0};
+        size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+        printf("getaddrinfo %zu\n", n);
+    } else if (!strcmp(a, "setsid-escape")) {
+        /* double fork and setsid: the grandchild outlives the program */
+        if (fork() == 0) {
+            setsid();
+            if (fork() == 0) {
+                signal(SIGHUP, SIG_IGN);
+                signal(SIGTERM, SIG_IGN);
+                for (;;) pause();
+            }
+            _exit(0);
+        }
+        wait(NULL);
+        printf("parent exits\n");
+    } else if (!strcmp(a, "ignore-term")) {
+        for (int s = 1; s < 32; s++) signal(s, SIG_IGN);
+        printf("ignoring\n");
+        fflush(stdout);
+        for (;;) pause();
+    } else if (!strcmp(a, "zombies")) {
+        /* children that exit and are never reaped, then sleep forever */
+        int n = 0;
+        for (;;) {
+            pid_t c = fork();
+            if (c == 0) _exit(0);
+            if (c < 0) break;
+            n++;
+        }
+        printf("zombies %d\n", n);
+        fflush(stdout);
+        for (;;) pause();
+    } else if (!strcmp(a, "fd-exhaust")) {
+        int n = 0;
+        while (open("/dev/null", O_RDONLY) >= 0) n++;
+        printf("fd-exhaust %d %d\n", n, errno);
+    } else if (!strcmp(a, "memfd-exec")) {
+        /* an executable made in memory is still subject to no_new_privs */
+        int fd = syscall(SYS_memfd_create, "x", 0);
+        report(a, fd);
+    } else if (!strcmp(a, "cwd")) {
+        char buf[512];
+        printf("cwd %s\n", getcwd(buf, sizeof buf) ? buf : "?");
+    } else {
+        printf("unknown case %s\n", a);
+        return 2;
+    }
+    return 0;
+}
+"#;
+
+/// The attack probe, compiled once per test binary; None (after a SKIP
+/// line) without gcc.
+pub fn attack_probe() -> Option<PathBuf> {
+    static PROBE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    PROBE
+        .get_or_init(|| {
+            // Kept for the life of the test binary: every test uses it.
+            let dir = scratch().keep();
+            compile_c(&dir, "probe", ATTACK_PROBE)
+        })
+        .clone()
+}
+
+/// `formicary exec --file probe -- ./probe args...`; None without gcc.
+pub fn probe(args: &[&str]) -> Option<Exec> {
+    let bin = attack_probe()?;
+    let mut argv = vec!["./probe"];
+    argv.extend_from_slice(args);
+    Some(exec(&argv).flags(&["--file", bin.to_str().expect("utf-8 path")]))
+}
+
+/// Runs the probe with `args` and returns its parsed result.
+pub fn probe_run(args: &[&str]) -> Option<Run> {
+    Some(probe(args)?.run())
+}
+
+/// The files beneath `dir` with their contents, to show a host directory
+/// did not change.
+pub fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let meta = std::fs::symlink_metadata(&path).expect("lstat");
+            if meta.is_dir() {
+                stack.push(path.clone());
+                out.push((path, Vec::new()));
+            } else if meta.is_file() {
+                let data = std::fs::read(&path).unwrap_or_default();
+                out.push((path, data));
+            } else {
+                out.push((path, b"<special>".to_vec()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
