@@ -312,7 +312,6 @@ fn the_callers_environment_is_not_readable_through_proc_1_environ() {
 }
 
 #[test]
-#[ignore = "hole: /proc/1/cmdline shows the caller's formicary command line, host paths included"]
 fn the_callers_command_line_is_not_readable_through_proc_1_cmdline() {
     // pid namespace: init is a clone of the supervisor and keeps its
     // argv, which /proc/PID/cmdline shows to anyone. It names host paths

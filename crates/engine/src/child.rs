@@ -154,6 +154,10 @@ pub struct ChildPlan<'a> {
     pub stages: &'a [StagePlan<'a>],
     /// pid 2's stack until its execve.
     pub exec_stack: &'a ExecStack,
+    /// Where the supervisor's command line lies in memory (from
+    /// /proc/self/stat): init blanks its copy, so the program cannot read
+    /// the caller's command line (host paths, flags) in /proc/1/cmdline.
+    pub arg_area: Option<(usize, usize)>,
 }
 
 fn send(fd: RawFd, message: &Message, attach: Option<RawFd>) -> Result<(), ChildFailure> {
@@ -314,6 +318,21 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) },
         "set the parent-death signal",
     )?;
+    // The command line init inherited is the supervisor's: blank it.
+    if let Some((start, end)) = plan.arg_area {
+        if end > start {
+            // SAFETY: [start, end) is this process's argument area (its own
+            // copy of the supervisor's, made by the clone), in the writable
+            // stack mapping; nothing in init reads the arguments.
+            unsafe {
+                std::ptr::write_bytes(start as *mut u8, 0, end - start);
+                let name = b"formicary-init";
+                if end - start > name.len() {
+                    std::ptr::copy_nonoverlapping(name.as_ptr(), start as *mut u8, name.len());
+                }
+            }
+        }
+    }
     // The supervisor's umask is not ours: every mode below is meant as written.
     // SAFETY: umask cannot fail; the child has its own copy of it.
     unsafe { libc::umask(0) };

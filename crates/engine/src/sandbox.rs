@@ -59,6 +59,8 @@ pub struct HostFacts {
     pub landlock_abi: Option<u32>,
     pub user_notif: bool,
     pub last_cap: u32,
+    /// This process's argument area (see `ChildPlan::arg_area`).
+    pub arg_area: Option<(usize, usize)>,
 }
 
 /// A sandbox engine: host facts, compiled filters and the id allocator.
@@ -142,6 +144,7 @@ impl Engine {
             landlock_abi: landlock::abi_version(),
             user_notif,
             last_cap: crate::caps::last_cap()?,
+            arg_area: own_arg_area(),
         };
         if let Some(host) = &facts.cgroups {
             let _ = host.cleanup_stale(&config.cgroup_parent, &|name| stale_cgroup(name));
@@ -308,6 +311,7 @@ impl Engine {
             },
             stages: &stage_plans,
             exec_stack: &exec_stack,
+            arg_area: self.facts.arg_area,
         };
         profile.mark("prepare the child's plan");
 
@@ -796,6 +800,19 @@ impl StageFds {
             _ => Err("a stage's output pipes were used twice".to_string()),
         }
     }
+}
+
+/// The start and end of this process's command line in memory: fields 48
+/// and 49 of /proc/self/stat (after the parenthesised command name, which
+/// may itself hold spaces).
+fn own_arg_area() -> Option<(usize, usize)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // after_name starts at field 3 (state).
+    let start = fields.get(48 - 3)?.parse().ok()?;
+    let end = fields.get(49 - 3)?.parse().ok()?;
+    Some((start, end))
 }
 
 /// A cgroup name is `<pid>-<n>`; it is stale when that pid is gone.

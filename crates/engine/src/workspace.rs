@@ -442,12 +442,19 @@ pub fn copy_out(
             dest.flush()?;
             Ok(n)
         };
-        let n = write(&source).map_err(|e| WorkspaceError::WriteOutput {
-            path: spec.host_dir.join(&rel),
-            source: e,
-        })?;
-        total += n;
-        collected.push(CollectedFile { path: rel, size: n });
+        // One file that cannot be written (a name already taken by a
+        // directory or a link in the output directory, a full disk) is
+        // reported, and the others are still collected.
+        match write(&source) {
+            Ok(n) => {
+                total += n;
+                collected.push(CollectedFile { path: rel, size: n });
+            }
+            Err(e) => skipped.push(SkippedFile {
+                reason: format!("cannot write {}: {e}", spec.host_dir.join(&rel).display()),
+                path: rel,
+            }),
+        }
     }
     Ok((collected, skipped))
 }
