@@ -33,10 +33,26 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("formicary: {err:#}");
+            eprintln!("formicary: {}", one_line(&err));
             ExitCode::from(EXIT_SETUP)
         }
     }
+}
+
+/// The error and its causes on one line, each cause once: typed errors
+/// already quote their source in their own message.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 fn exec(args: &ExecArgs) -> anyhow::Result<ExitCode> {

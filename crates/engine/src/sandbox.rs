@@ -231,6 +231,15 @@ impl Engine {
                 spec.workdir
             ));
         }
+        if let Some(out) = &spec.outputs {
+            // Found out before the run, not after it: the result would be lost.
+            if out.host_dir.exists() && !out.host_dir.is_dir() {
+                return Err(format!(
+                    "output directory {:?} exists and is not a directory",
+                    out.host_dir
+                ));
+            }
+        }
 
         // 2. Enforceability.
         let mut not_enforced = Vec::new();
