@@ -260,3 +260,23 @@ fn output_written_just_before_exit_is_complete() {
     assert_eq!(r.stdout().len(), 900_000);
     assert_eq!(r.json["stdout_truncated"], false);
 }
+
+#[test]
+fn an_out_dir_that_is_a_file_is_refused_before_anything_runs() {
+    require_root!();
+    let dir = common::scratch();
+    let not_a_dir = dir.path().join("file");
+    std::fs::write(&not_a_dir, "x").expect("write");
+    let out = exec(&["sh", "-c", "echo ran"])
+        .flags(&[
+            "--out",
+            "*",
+            "--out-dir",
+            not_a_dir.to_str().expect("utf-8"),
+        ])
+        .output();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(out.stdout.is_empty(), "the program must not run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not a directory"), "{stderr}");
+}
