@@ -24,9 +24,7 @@ pub mod rules;
 pub mod sni;
 
 pub use addresses::{classify, AddressClass, Cidr, CidrError, Special};
-// pub use proxy::{
-//    Attempt, ClientStream, Limits, Listener, Protocol, Proxy, ProxyConfig, Stats,
-// };
+pub use proxy::{Attempt, ClientStream, Limits, Listener, Protocol, Proxy, ProxyConfig, Stats};
 pub use resolve::{ResolveError, Resolver, StaticResolver, SystemResolver};
 pub use rules::{Decision, HostPattern, PortRange, Rule, RuleError, RuleSet};
-// pub use sni::{parse_client_hello_sni, ClientHelloError};
+pub use sni::{parse_client_hello_sni, ClientHelloError};

@@ -556,7 +556,8 @@ mod tests {
 
     #[test]
     fn errors_carry_the_text() {
-        let cases: &[(&str, fn(&RuleError) -> bool)] = &[
+        type Check = fn(&RuleError) -> bool;
+        let cases: &[(&str, Check)] = &[
             (
                 "pypi.org:0",
                 |e| matches!(e, RuleError::Ports { ports, .. } if ports == "0"),
