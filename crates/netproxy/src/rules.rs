@@ -6,14 +6,15 @@
 //! - a wildcard domain, `*.pythonhosted.org`: any name below it, not the
 //!   apex itself (list `pythonhosted.org` too for that);
 //! - an IP address or CIDR block, `203.0.113.7`, `10.1.0.0/16`,
-//!   `2001:db8::1`, `[2001:db8::/32]`: any name or address literal that
-//!   resolves inside it;
+//!   `2001:db8::1`, `[2001:db8::/32]`: a client asking for an address
+//!   literal inside it (a client asking for a name needs a name rule);
 //!
 //! each followed by an optional `:PORT` or `:FIRST-LAST` (IPv6 in brackets
 //! then: `[2001:db8::1]:443`). Without a port a rule allows 80 and 443.
 //!
 //! [`RuleSet::allows`] decides on the name the client asked for and the
-//! address the proxy will connect to. Addresses of a special class
+//! address the proxy will connect to: a name must match a name or wildcard
+//! rule, an address literal an address rule. Addresses of a special class
 //! ([`crate::addresses::classify`]: loopback, private, metadata, ...) are
 //! refused even when a name rule matches, unless an address rule lists the
 //! address or a block inside that special range: `10.0.0.0/8` opens
@@ -119,18 +120,13 @@ impl Rule {
             (HostPattern::Wildcard(suffix), Some(name)) => name
                 .strip_suffix(suffix.as_str())
                 .is_some_and(|head| head.len() > 1 && head.ends_with('.')),
-            (HostPattern::Address(block), _) => block.contains(addr),
+            (HostPattern::Address(block), None) => block.contains(addr),
             _ => false,
         }
     }
 
     fn could_match_name(&self, name: &str, port: u16) -> bool {
-        self.port_matches(port)
-            && match &self.host {
-                // The address is not known yet: any address rule might match.
-                HostPattern::Address(_) => true,
-                _ => self.host_matches(Some(name), IpAddr::from([0, 0, 0, 0])),
-            }
+        self.port_matches(port) && self.host_matches(Some(name), IpAddr::from([0, 0, 0, 0]))
     }
 }
 
@@ -670,11 +666,11 @@ mod tests {
     }
 
     #[test]
-    fn address_rules_match_names_and_literals() {
+    fn address_rules_match_literals_not_names() {
         let s = set("151.101.0.0/16:443,[2a04:4e42::]:443");
         assert!(s.allows(None, ip("151.101.0.223"), 443).allowed);
         assert!(
-            s.allows(Some("pypi.org"), ip("151.101.64.223"), 443)
+            !s.allows(Some("pypi.org"), ip("151.101.64.223"), 443)
                 .allowed
         );
         assert!(!s.allows(None, ip("151.102.0.1"), 443).allowed);
@@ -762,7 +758,7 @@ mod tests {
         assert!(s.precheck_name("pypi.org", 80).is_some());
         assert!(set("10.0.0.0/8:22")
             .precheck_name("anything.test", 22)
-            .is_none());
+            .is_some());
         assert!(RuleSet::none().precheck_name("pypi.org", 443).is_some());
     }
 
