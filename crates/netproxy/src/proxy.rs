@@ -17,7 +17,9 @@
 //! A refusal is immediate and says why: an HTTP 403 (or 400, 501, 502)
 //! with a one-line reason, or a SOCKS5 reply code (2: not allowed by the
 //! ruleset). Every attempt is recorded as an [`Attempt`], the run's
-//! `network` result.
+//! `network` result. A tunnel refused for its TLS server name was already
+//! connected (the name comes after the CONNECT reply): the destination
+//! sees a connection opened and closed without data.
 //!
 //! The accept side is generic ([`Listener`], [`ClientStream`]) so that the
 //! engine can serve the sandbox through a Unix socket; the upstream side is
@@ -118,6 +120,10 @@ pub struct Limits {
     pub max_bytes_down: u64,
     /// Client connections (allowed or not) in the run. Default 1024.
     pub max_connections: u64,
+    /// Client connections open at once, each served by a thread of this
+    /// process (outside the sandbox's pids limit). Connections over it are
+    /// closed at once. Default 128.
+    pub max_concurrent: u64,
     /// Time to connect to a destination. Default 10 s.
     pub connect_timeout: Duration,
     /// Time for a client to send its whole request (HTTP head or SOCKS5
@@ -131,6 +137,7 @@ impl Default for Limits {
             max_bytes_up: 256 << 20,
             max_bytes_down: 1 << 30,
             max_connections: 1024,
+            max_concurrent: 128,
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
         }
@@ -190,6 +197,9 @@ pub struct Attempt {
     /// resolving.
     pub address: Option<IpAddr>,
     pub port: u16,
+    /// Whether the connection was made and relayed. False for refusals,
+    /// and for allowed destinations that could not be reached (the reason
+    /// says which), or whose tunnel was closed for a TLS server name.
     pub allowed: bool,
     /// Why, in one line.
     pub reason: String,
@@ -209,16 +219,23 @@ pub struct Stats {
     pub bytes_up: u64,
     pub bytes_down: u64,
     /// The limits that were reached, in the order they were first reached:
-    /// `bytes_up`, `bytes_down`, `connections`.
+    /// `bytes_up`, `bytes_down`, `connections`, `concurrent_connections`.
     pub limits_exceeded: Vec<String>,
     /// Attempts not kept in the log because it was full.
     pub log_dropped: u64,
+    /// Client connections closed unserved because `max_concurrent` were
+    /// open (they are not in the log).
+    pub rejected_concurrent: u64,
 }
 
 struct Shared {
     config: ProxyConfig,
     log: Mutex<Vec<Attempt>>,
     connections: AtomicU64,
+    /// Client connections being served now.
+    active: AtomicU64,
+    /// Client connections closed because `active` was at its limit.
+    rejected_concurrent: AtomicU64,
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
     log_dropped: AtomicU64,
@@ -307,6 +324,8 @@ impl Proxy {
                 config,
                 log: Mutex::new(Vec::new()),
                 connections: AtomicU64::new(0),
+                active: AtomicU64::new(0),
+                rejected_concurrent: AtomicU64::new(0),
                 bytes_up: AtomicU64::new(0),
                 bytes_down: AtomicU64::new(0),
                 log_dropped: AtomicU64::new(0),
@@ -326,10 +345,22 @@ impl Proxy {
                     if self.shared.stop.load(Ordering::SeqCst) {
                         break;
                     }
+                    let Some(slot) = Slot::take(&self.shared) else {
+                        self.exceeded("concurrent_connections");
+                        self.shared
+                            .rejected_concurrent
+                            .fetch_add(1, Ordering::SeqCst);
+                        drop(stream);
+                        continue;
+                    };
                     let proxy = self.clone();
-                    let spawned = thread::Builder::new()
-                        .name("netproxy-conn".into())
-                        .spawn(move || proxy.handle_connection(stream));
+                    let spawned =
+                        thread::Builder::new()
+                            .name("netproxy-conn".into())
+                            .spawn(move || {
+                                proxy.handle_connection(stream);
+                                drop(slot);
+                            });
                     if spawned.is_err() {
                         // Out of threads: the stream was dropped (closed).
                         thread::sleep(Duration::from_millis(10));
@@ -358,6 +389,7 @@ impl Proxy {
             bytes_down: self.shared.bytes_down.load(Ordering::SeqCst),
             limits_exceeded: lock(&self.shared.exceeded).clone(),
             log_dropped: self.shared.log_dropped.load(Ordering::SeqCst),
+            rejected_concurrent: self.shared.rejected_concurrent.load(Ordering::SeqCst),
         }
     }
 
@@ -580,6 +612,32 @@ impl Proxy {
         });
         // `granted` <= `want`, a usize.
         usize::try_from(granted).unwrap_or(want)
+    }
+}
+
+/// One of the `max_concurrent` connection slots, given back on drop.
+struct Slot {
+    shared: Arc<Shared>,
+}
+
+impl Slot {
+    fn take(shared: &Arc<Shared>) -> Option<Slot> {
+        let max = shared.config.limits.max_concurrent;
+        shared
+            .active
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot {
+                shared: Arc::clone(shared),
+            })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.shared.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

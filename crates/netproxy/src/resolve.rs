@@ -46,7 +46,11 @@ pub struct SystemResolver;
 
 impl Resolver for SystemResolver {
     fn resolve(&self, name: &str) -> Result<Vec<IpAddr>, ResolveError> {
-        let addrs = (name, 0u16)
+        // A trailing dot makes the name absolute: no resolv.conf search
+        // domain is appended to it (`intranet` must not become
+        // `intranet.corp.example`).
+        let absolute = format!("{name}.");
+        let addrs = (absolute.as_str(), 0u16)
             .to_socket_addrs()
             .map_err(|source| ResolveError::Lookup {
                 name: name.to_string(),

@@ -612,3 +612,28 @@ fn silent_client_is_dropped_after_the_request_timeout() {
     let (_, took) = read_to_end(&mut s);
     assert!(took < FAST, "{took:?}");
 }
+
+#[test]
+fn concurrent_connection_limit_closes_extra_connections() {
+    let limits = Limits {
+        max_concurrent: 2,
+        request_timeout: Duration::from_secs(3),
+        ..Limits::default()
+    };
+    let (proxy, port) = start(config("127.0.0.1:1", "").with_limits(limits));
+    // Two silent clients hold the two slots.
+    let _a = connect(port);
+    let _b = connect(port);
+    thread::sleep(Duration::from_millis(100));
+    let mut c = connect(port);
+    let _ = c.write_all(b"GET http://127.0.0.1:1/ HTTP/1.1\r\n\r\n");
+    let (out, took) = read_to_end(&mut c);
+    assert!(out.is_empty(), "closed unserved");
+    assert!(took < FAST);
+    let stats = proxy.stats();
+    assert_eq!(stats.rejected_concurrent, 1);
+    assert_eq!(
+        stats.limits_exceeded,
+        vec!["concurrent_connections".to_string()]
+    );
+}
