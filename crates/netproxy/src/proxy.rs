@@ -667,6 +667,9 @@ fn attempt(
 }
 
 fn reply_refusal<S: Write>(client: &mut S, protocol: Protocol, refusal: &Refusal) {
+    if let Refusal::Unsupported(_, SOCKS_NO_METHOD) = refusal {
+        return; // Already answered with the method choice 0xff.
+    }
     let _ = match protocol {
         Protocol::Socks5 => client.write_all(&socks_reply(
             refusal.socks_code(),
@@ -754,6 +757,9 @@ fn parse_authority(text: &str, default_port: Option<u16>) -> Result<(Host, u16),
 
 type ReadResult = Result<Request, (Protocol, Refusal)>;
 
+/// The SOCKS5 method choice "no acceptable methods".
+const SOCKS_NO_METHOD: u8 = 0xff;
+
 fn read_socks5<S: Read + Write>(client: &mut S) -> ReadResult {
     let p = Protocol::Socks5;
     let io_err = |e: io::Error| (p, Refusal::BadRequest(format!("SOCKS5 handshake: {e}")));
@@ -762,12 +768,12 @@ fn read_socks5<S: Read + Write>(client: &mut S) -> ReadResult {
     let mut methods = vec![0u8; usize::from(n[0])];
     client.read_exact(&mut methods).map_err(io_err)?;
     if !methods.contains(&0x00) {
-        let _ = client.write_all(&[0x05, 0xff]);
+        let _ = client.write_all(&[0x05, SOCKS_NO_METHOD]);
         return Err((
             p,
             Refusal::Unsupported(
                 "the SOCKS5 client offered no \"no authentication\" method".into(),
-                0xff,
+                SOCKS_NO_METHOD,
             ),
         ));
     }
@@ -888,6 +894,18 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 fn parse_http_head(head: &str, rest: Vec<u8>) -> ReadResult {
+    // Lines end in CRLF only; any other control character (a bare LF or
+    // CR could start a header of the proxy's making upstream) is refused.
+    if head
+        .trim_end_matches("\r\n")
+        .split("\r\n")
+        .any(|l| l.chars().any(|c| c.is_control() && c != '\t'))
+    {
+        return Err((
+            Protocol::Http,
+            Refusal::BadRequest("control characters in the request head".into()),
+        ));
+    }
     let mut lines = head.split("\r\n");
     let line = lines.next().unwrap_or("");
     let parts: Vec<&str> = line.split(' ').collect();
@@ -1318,6 +1336,9 @@ mod tests {
             "GET http://a.test/ HTTP/1.1\r\nContent-Length: x\r\n\r\n",
             "GET http://a.test/ HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
             "GET http://127.1/ HTTP/1.1\r\n\r\n",
+            "GET http://a.test/x\nHost:b.test HTTP/1.1\r\n\r\n",
+            "GET http://a.test/ HTTP/1.1\r\nA: b\rHost: c\r\n\r\n",
+            "GET http://a.test/\0 HTTP/1.1\r\n\r\n",
         ] {
             let r = refusal(head);
             assert!(matches!(r, Refusal::BadRequest(_)), "{head:?}: {r:?}");

@@ -478,6 +478,10 @@ fn socks5_refuses_other_commands_and_auth_methods() {
     let mut choice = [0u8; 2];
     s.read_exact(&mut choice).expect("choice");
     assert_eq!(choice, [5, 0xff]);
+    assert!(
+        read_to_end(&mut s).0.is_empty(),
+        "then closed, nothing more"
+    );
 
     let mut s = connect(port);
     s.write_all(&[5, 1, 0, 5, 2, 0, 1, 127, 0, 0, 1, 0, 1])
@@ -636,4 +640,28 @@ fn concurrent_connection_limit_closes_extra_connections() {
         stats.limits_exceeded,
         vec!["concurrent_connections".to_string()]
     );
+}
+
+#[test]
+fn ipv6_loopback_needs_its_own_rule() {
+    // Skipped where the machine has no IPv6 loopback.
+    let Ok(listener) = TcpListener::bind("[::1]:0") else {
+        eprintln!("skipped: no IPv6 loopback here");
+        return;
+    };
+    let p = listener.local_addr().expect("addr").port();
+    thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let _ = s.write_all(b"v6");
+        }
+    });
+    let (_proxy, port) = start(config(&format!("[::1]:{p},v6.test:{p}"), "v6.test:[::1]"));
+    let (mut s, head) = connect_tunnel(port, &format!("[::1]:{p}"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    s.shutdown(Shutdown::Write).expect("half-close");
+    assert_eq!(read_to_end(&mut s).0, b"v6");
+    // The IPv4 rule does not open ::1, nor ::ffff:127.0.0.1 the other way.
+    let (_proxy, port) = start(config(&format!("127.0.0.1:{p}"), ""));
+    let (_s, head) = connect_tunnel(port, &format!("[::1]:{p}"));
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
 }
