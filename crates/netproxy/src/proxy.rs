@@ -713,7 +713,7 @@ fn socks_reply(code: u8, bound: SocketAddr) -> Vec<u8> {
 }
 
 /// A host as a client wrote it: a name, an IPv4 literal or an IPv6
-/// literal (in brackets when `bracketed`).
+/// literal (bare or in brackets).
 fn parse_host(text: &str) -> Result<Host, String> {
     let inner = text
         .strip_prefix('[')

@@ -98,7 +98,8 @@ pub enum HostPattern {
     Name(String),
     /// Any name ending in `.` + this suffix (lower case), not the suffix.
     Wildcard(String),
-    /// Any address in this block (IPv4-mapped blocks are stored as IPv4).
+    /// An address literal in this block (IPv4-mapped blocks are stored as
+    /// IPv4); also the rule that opens a special address in it for a name.
     Address(Cidr),
 }
 
