@@ -447,6 +447,7 @@ impl Engine {
         profile.mark("copy inputs in");
 
         // 8. Each stage: release it, supervise it, read what it did.
+        let mut sync_open = Some(sync_parent);
         let mut results = Vec::with_capacity(stages.len());
         let mut notifier: Option<Notifier> = None;
         let mut answered = 0u64;
@@ -468,19 +469,25 @@ impl Engine {
                 }
                 None => None,
             };
-            crate::sys::write_all(sync_parent.as_fd(), b"G")
+            let sync_fd = sync_open
+                .as_ref()
+                .ok_or("the sandbox's init was released too early")?;
+            crate::sys::write_all(sync_fd.as_fd(), b"G")
                 .map_err(|e| format!("the sandbox's init is gone: {e}"))?;
             if index == 0 {
                 // The listener arrives just before the first program starts.
-                notifier = expect_listener(&sync_parent, self.facts.user_notif)?.map(Notifier::new);
+                notifier = expect_listener(sync_fd, self.facts.user_notif)?.map(Notifier::new);
                 profile.mark("init: privileges, Landlock, seccomp");
             }
             let (stdout_r, stderr_r) = stage_fds[index].take_readers()?;
+            let sync = sync_open
+                .as_ref()
+                .ok_or("the sandbox's init was released too early")?;
             let started = Instant::now();
             let started_wall = wall_clock_now();
             let outcome = supervisor::supervise(
                 Watch {
-                    sync: sync_parent.as_fd(),
+                    sync: sync.as_fd(),
                     stdout: stdout_r,
                     stderr: stderr_r,
                     init_pidfd: child.pidfd.as_fd(),
@@ -498,6 +505,9 @@ impl Engine {
             );
             if last {
                 profile.mark("the program, until its end");
+                // Let init go now: the kernel tears the namespaces down on
+                // the other core while this one reads the results.
+                sync_open = None;
             }
             let result = self.stage_result(
                 spec,
@@ -516,8 +526,9 @@ impl Engine {
             }
         }
 
-        // 9. Let init go (its exit takes the namespaces down) and reap it.
-        drop(sync_parent);
+        // 9. Let init go (its exit takes the namespaces down), if a failed
+        // stage has not already, and reap it.
+        drop(sync_open);
         let _ = child.reap();
         profile.mark("reap init");
         let main = if results.len() == stages.len() {
