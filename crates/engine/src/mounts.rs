@@ -1,13 +1,14 @@
 //! The sandbox's filesystem: a fresh tmpfs root, assembled from read-only
 //! binds of host paths, a new /proc with sensitive files masked, a minimal
 //! /dev, synthesized /etc files and one writable tmpfs (the disk limit)
-//! shared by /sandbox, /tmp and /dev/shm; then pivot_root into it.
+//! shared by /sandbox, /tmp and /dev/shm. The tmpfs root is pivoted into
+//! first; host paths are bound from the old root, which is then detached.
 //!
 //! [`MountPlan::prepare`] runs in the supervisor and may allocate: it looks
 //! at the host paths and turns the configuration into a list of
 //! [`MountOp`]s with every path already a C string. [`MountPlan::apply_in_child`]
-//! and [`pivot_into_root`] run in the sandbox's init between clone and exec,
-//! so they only make raw syscalls on that prepared data.
+//! runs in the sandbox's init between clone and exec, so it only makes raw
+//! syscalls on that prepared data.
 
 use crate::child_error::{check, check_int, last_errno, ChildFailure};
 use crate::spec::ReadOnlyPath;
@@ -118,7 +119,8 @@ pub enum MountError {
     Nul { path: PathBuf },
 }
 
-/// One step of assembling the root. Paths are absolute in the build root.
+/// One step of assembling the root. Paths are absolute in the new root
+/// (already pivoted into); host paths are reached under the old root.
 #[derive(Debug)]
 pub enum MountOp {
     Mkdir {

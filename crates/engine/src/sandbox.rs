@@ -729,14 +729,9 @@ fn stages_of(spec: &SandboxSpec) -> Vec<StageRef<'_>> {
 /// For each limit, the highest any stage has: init's own rlimits, which
 /// each stage's program then lowers to its own.
 fn highest_limits(stages: &[StageRef<'_>]) -> Limits {
-    let mut top = stages[0].limits.clone();
-    for s in &stages[1..] {
-        let l = s.limits;
-        top.open_files = top.open_files.max(l.open_files);
-        top.file_size_bytes = top.file_size_bytes.max(l.file_size_bytes);
-        top.cpu_time_ms = top.cpu_time_ms.max(l.cpu_time_ms);
-    }
-    top
+    stages
+        .iter()
+        .fold(stages[0].limits.clone(), |top, s| top.highest(s.limits))
 }
 
 fn cgroup_limits(limits: &Limits) -> CgroupLimits {

@@ -67,6 +67,7 @@ pub enum LimitError {
 struct LimitField {
     flag: &'static str,
     get: fn(&Limits) -> u64,
+    get_mut: fn(&mut Limits) -> &mut u64,
     min: u64,
     print: fn(u64) -> String,
 }
@@ -83,48 +84,56 @@ const LIMIT_FIELDS: &[LimitField] = &[
     LimitField {
         flag: "wall-time",
         get: |l| l.wall_time_ms,
+        get_mut: |l| &mut l.wall_time_ms,
         min: 1,
         print: print_ms,
     },
     LimitField {
         flag: "cpu-time",
         get: |l| l.cpu_time_ms,
+        get_mut: |l| &mut l.cpu_time_ms,
         min: 1,
         print: print_ms,
     },
     LimitField {
         flag: "memory",
         get: |l| l.memory_bytes,
+        get_mut: |l| &mut l.memory_bytes,
         min: 4 << 20,
         print: crate::units::format_size,
     },
     LimitField {
         flag: "pids",
         get: |l| l.pids,
+        get_mut: |l| &mut l.pids,
         min: 1,
         print: print_count,
     },
     LimitField {
         flag: "disk",
         get: |l| l.disk_bytes,
+        get_mut: |l| &mut l.disk_bytes,
         min: 64 << 10,
         print: crate::units::format_size,
     },
     LimitField {
         flag: "output",
         get: |l| l.output_bytes,
+        get_mut: |l| &mut l.output_bytes,
         min: 0,
         print: crate::units::format_size,
     },
     LimitField {
         flag: "open-files",
         get: |l| l.open_files,
+        get_mut: |l| &mut l.open_files,
         min: 8,
         print: print_count,
     },
     LimitField {
         flag: "file-size",
         get: |l| l.file_size_bytes,
+        get_mut: |l| &mut l.file_size_bytes,
         min: 0,
         print: crate::units::format_size,
     },
@@ -148,16 +157,20 @@ impl Limits {
 
     /// Each limit, but no higher than in `max`.
     pub fn lowered_to(&self, max: &Limits) -> Limits {
-        Limits {
-            wall_time_ms: self.wall_time_ms.min(max.wall_time_ms),
-            cpu_time_ms: self.cpu_time_ms.min(max.cpu_time_ms),
-            memory_bytes: self.memory_bytes.min(max.memory_bytes),
-            pids: self.pids.min(max.pids),
-            disk_bytes: self.disk_bytes.min(max.disk_bytes),
-            output_bytes: self.output_bytes.min(max.output_bytes),
-            open_files: self.open_files.min(max.open_files),
-            file_size_bytes: self.file_size_bytes.min(max.file_size_bytes),
+        self.combined(max, u64::min)
+    }
+
+    /// Each limit, the higher of this one's and `other`'s.
+    pub fn highest(&self, other: &Limits) -> Limits {
+        self.combined(other, u64::max)
+    }
+
+    fn combined(&self, other: &Limits, pick: fn(u64, u64) -> u64) -> Limits {
+        let mut out = self.clone();
+        for field in LIMIT_FIELDS {
+            *(field.get_mut)(&mut out) = pick((field.get)(self), (field.get)(other));
         }
+        out
     }
 
     /// Checks every limit against `max` and against its sane minimum. A limit
@@ -338,6 +351,19 @@ mod tests {
             }
         );
         assert!(err.to_string().contains("--memory 16G"));
+    }
+
+    #[test]
+    fn lowered_and_highest_combine_every_field() {
+        let small = Limits {
+            memory_bytes: 1 << 20,
+            open_files: 10,
+            ..Limits::default()
+        };
+        let big = Limits::default_maximum();
+        assert_eq!(small.highest(&big), big);
+        assert_eq!(big.lowered_to(&small), small);
+        assert_eq!(Limits::default().lowered_to(&small).memory_bytes, 1 << 20);
     }
 
     #[test]

@@ -194,37 +194,21 @@ pub fn supervise(
 
         let mut fds = Vec::with_capacity(4);
         let mut roles = Vec::with_capacity(4);
-        if sync_open {
-            fds.push(libc::pollfd {
-                fd: watch.sync.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-            roles.push(0);
-        }
-        if out.stdout.open {
-            fds.push(libc::pollfd {
-                fd: watch.stdout.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-            roles.push(1);
-        }
-        if out.stderr.open {
-            fds.push(libc::pollfd {
-                fd: watch.stderr.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-            roles.push(2);
-        }
-        if let (Some(n), true) = (notifier, notify_open) {
-            fds.push(libc::pollfd {
-                fd: n.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-            roles.push(3);
+        let notify_fd = notifier.map_or(-1, |n| n.as_raw_fd());
+        for (open, fd, role) in [
+            (sync_open, watch.sync.as_raw_fd(), 0),
+            (out.stdout.open, watch.stdout.as_raw_fd(), 1),
+            (out.stderr.open, watch.stderr.as_raw_fd(), 2),
+            (notify_open, notify_fd, 3),
+        ] {
+            if open && fd >= 0 {
+                fds.push(libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                roles.push(role);
+            }
         }
         if crate::sys::poll(&mut fds, timeout_ms.max(0) + 1).is_err() {
             break;

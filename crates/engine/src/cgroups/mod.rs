@@ -1,8 +1,9 @@
 //! Cgroups: the memory, process-count and CPU-time accounting of one sandbox.
 //!
 //! The parent (the supervisor) does everything here; the child does nothing
-//! but be placed in the cgroup, either by [`Cgroup::add_process`] or, on v2,
-//! by `clone3(CLONE_INTO_CGROUP)` with [`Cgroup::procs_file_fd`].
+//! but be placed in the cgroup by [`Cgroup::add_process`]. (On v2,
+//! [`Cgroup::procs_file_fd`] is ready for `clone3(CLONE_INTO_CGROUP)`; the
+//! engine does not use it yet.)
 //!
 //! Two managers sit behind one trait, [`Cgroup`], chosen at run time by
 //! [`HostCgroups::detect`] (as youki's `AnyCgroupManager` does):
@@ -155,8 +156,9 @@ pub trait Cgroup: Send + fmt::Debug {
     /// Removes the cgroup's directories. Kills remaining processes first if
     /// the kernel says the cgroup is busy, and retries briefly.
     fn destroy(self: Box<Self>) -> Result<(), CgroupError>;
-    /// v2: the cgroup directory's fd, for `clone3(CLONE_INTO_CGROUP)`, so the
-    /// child starts inside the cgroup with no window outside it. None on v1.
+    /// v2: the cgroup directory's fd, for `clone3(CLONE_INTO_CGROUP)`, so a
+    /// child could start inside the cgroup with no move (not used by the
+    /// engine yet). None on v1.
     fn procs_file_fd(&self) -> Option<BorrowedFd<'_>>;
     /// Changes the limits of a cgroup already in use (between the stages of
     /// a run).
