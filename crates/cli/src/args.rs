@@ -3,7 +3,9 @@
 //! files the user names (--config, --stdin).
 
 use clap::{Args, Parser, Subcommand};
-use formicary_engine::spec::{InputFile, Limits, OutputSpec, ReadOnlyPath, SandboxSpec};
+use formicary_engine::spec::{
+    InputFile, Limits, NetworkSpec, OutputSpec, ReadOnlyPath, SandboxSpec,
+};
 use formicary_engine::units::{parse_duration, parse_size};
 use std::path::{Path, PathBuf};
 
@@ -82,6 +84,69 @@ impl LimitArgs {
     }
 }
 
+/// Network flags, shared by `exec` and `run`.
+#[derive(Debug, Args, Default)]
+pub struct NetArgs {
+    /// `none` (loopback only), or `allow=RULE[,RULE...]`: let the sandbox reach these destinations through formicary's filtering proxy. A RULE is a host (`pypi.org`), a wildcard domain (`*.pythonhosted.org`), an IP address or CIDR, with an optional `:PORT` or `:LOW-HIGH` (default 80 and 443). Repeatable; replaces the config file's [network] allow [default: none]
+    #[arg(long = "net", value_name = "none|allow=RULES", value_parser = parse_net)]
+    pub net: Vec<String>,
+    /// Make the proxy resolve NAME to ADDR instead of asking the host's resolver (repeatable; the address is still checked like any other)
+    #[arg(long = "resolve", value_name = "NAME:ADDR", value_parser = parse_resolve, requires = "net")]
+    pub resolve: Vec<String>,
+    /// Bytes the sandbox may send through the proxy, all connections together [default: 256M]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub net_max_up: Option<u64>,
+    /// Bytes the sandbox may receive through the proxy [default: 1G]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size_arg)]
+    pub net_max_down: Option<u64>,
+    /// Connections the sandbox may open through the proxy, allowed or refused [default: 1024]
+    #[arg(long, value_name = "N")]
+    pub net_max_connections: Option<u64>,
+}
+
+fn parse_net(text: &str) -> Result<String, String> {
+    formicary_netproxy::RuleSet::parse_net(text)
+        .map(|_| text.trim().to_string())
+        .map_err(|e| e.to_string())
+}
+
+fn parse_resolve(text: &str) -> Result<String, String> {
+    formicary_netproxy::StaticResolver::new()
+        .add_mapping(text)
+        .map(|()| text.trim().to_string())
+        .map_err(|e| e.to_string())
+}
+
+impl NetArgs {
+    /// The run's network: the config file's unless `--net` is given.
+    pub fn resolve(&self, defaults: &NetworkSpec) -> Result<NetworkSpec, String> {
+        let mut network = defaults.clone();
+        if !self.net.is_empty() {
+            let none = self.net.iter().any(|n| n == "none");
+            if none && self.net.len() > 1 {
+                return Err("--net none cannot be combined with --net allow=...".into());
+            }
+            network.allow = self
+                .net
+                .iter()
+                .filter_map(|n| n.strip_prefix("allow="))
+                .map(str::to_string)
+                .collect();
+        }
+        network.resolve.extend(self.resolve.iter().cloned());
+        if let Some(v) = self.net_max_up {
+            network.max_bytes_up = v;
+        }
+        if let Some(v) = self.net_max_down {
+            network.max_bytes_down = v;
+        }
+        if let Some(v) = self.net_max_connections {
+            network.max_connections = v;
+        }
+        Ok(network)
+    }
+}
+
 /// Input, output and reporting flags, shared by `exec` and `run`.
 #[derive(Debug, Args)]
 pub struct IoArgs {
@@ -120,6 +185,8 @@ pub struct ExecArgs {
     pub limits: LimitArgs,
     #[command(flatten)]
     pub io: IoArgs,
+    #[command(flatten)]
+    pub net: NetArgs,
     /// Bind an extra host path read-only into the sandbox (repeatable)
     #[arg(long = "ro-bind", value_name = "HOST_PATH[:SANDBOX_PATH]", value_parser = parse_ro_bind)]
     pub ro_bind: Vec<ReadOnlyPath>,
@@ -183,6 +250,8 @@ pub struct RunArgs {
     pub compile_limits: CompileLimitArgs,
     #[command(flatten)]
     pub io: IoArgs,
+    #[command(flatten)]
+    pub net: NetArgs,
     /// The language (or an alias: py, js, ts, sh, c++, rs, golang...); by default found from the main file's extension
     #[arg(long, value_name = "LANG")]
     pub lang: Option<String>,
@@ -303,7 +372,7 @@ pub const MAX_OUT_FILES: u64 = 10_000;
 
 impl ExecArgs {
     /// Builds the engine's spec; reads --stdin.
-    pub fn to_spec(&self, defaults: &Limits) -> Result<SandboxSpec, String> {
+    pub fn to_spec(&self, defaults: &Limits, network: &NetworkSpec) -> Result<SandboxSpec, String> {
         let (program, args) = self
             .command
             .split_first()
@@ -318,6 +387,7 @@ impl ExecArgs {
         spec.profile = self.io.profile;
         spec.stdin = self.io.read_stdin()?;
         spec.outputs = self.io.outputs(spec.limits.disk_bytes);
+        spec.network = self.net.resolve(network)?;
         Ok(spec)
     }
 }
@@ -415,7 +485,9 @@ mod tests {
     fn program_and_arguments_follow_the_double_dash() {
         let e = exec(&["--env", "A=b=c", "--", "sh", "-c", "echo $A"]).expect("valid");
         assert_eq!(e.io.env, vec![("A".to_string(), "b=c".to_string())]);
-        let spec = e.to_spec(&Limits::default()).expect("spec");
+        let spec = e
+            .to_spec(&Limits::default(), &NetworkSpec::default())
+            .expect("spec");
         assert_eq!(spec.program, "sh");
         assert_eq!(spec.args, vec!["-c", "echo $A"]);
     }

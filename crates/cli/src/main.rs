@@ -57,9 +57,14 @@ fn one_line(err: &anyhow::Error) -> String {
 
 fn exec(args: &ExecArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(args.io.config.as_deref())?;
-    let spec = args.to_spec(&config.defaults).map_err(anyhow::Error::msg)?;
+    let spec = args
+        .to_spec(&config.defaults, &config.network)
+        .map_err(anyhow::Error::msg)?;
     spec.limits
         .validate(&config.max)
+        .map_err(anyhow::Error::msg)?;
+    spec.network
+        .validate_limits(&config.network)
         .map_err(anyhow::Error::msg)?;
     let engine = Engine::new(config).context("cannot start the sandbox engine")?;
     let result = engine.run(&spec);
@@ -149,6 +154,13 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             .validate(&config.max)
             .map_err(|e| anyhow::anyhow!("{}", e.to_string().replacen("--", "--compile-", 1)))?;
     }
+    let network = args
+        .net
+        .resolve(&config.network)
+        .map_err(anyhow::Error::msg)?;
+    network
+        .validate_limits(&config.network)
+        .map_err(anyhow::Error::msg)?;
     let request = formicary_lang::CodeRequest {
         language: Some(runtime.name.clone()),
         main: args.main.clone(),
@@ -162,6 +174,7 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         input_files: args.io.files.clone(),
         allow_degraded: args.io.allow_degraded,
         profile: args.io.profile,
+        network,
     };
     let engine = Engine::new(config).context("cannot start the sandbox engine")?;
     let result = language.run(&engine, &request)?;
@@ -302,6 +315,15 @@ fn print_plain(result: &RunResult) {
                 .unwrap_or_else(|| "sandbox setup failed".into()),
         ),
     };
+    if let Some(network) = &result.network {
+        // Refusals are what a user needs to see to fix a rule.
+        for a in network.attempts.iter().filter(|a| !a.allowed) {
+            eprintln!("formicary: network: {}", a.reason);
+        }
+        for limit in &network.limits_exceeded {
+            eprintln!("formicary: network limit reached: {limit}");
+        }
+    }
     if let Some(note) = note {
         eprintln!("formicary: {note}");
     } else if let Some(error) = &result.error {

@@ -59,6 +59,8 @@ impl Message {
     pub const FAILED: u32 = 4;
     pub const EXEC_FAILED: u32 = 5;
     pub const STARTED: u32 = 6;
+    /// The network proxy's listening socket, inside the sandbox's netns.
+    pub const PROXY_SOCKET: u32 = 7;
 
     pub const SIZE: usize = std::mem::size_of::<Message>();
 
@@ -158,6 +160,9 @@ pub struct ChildPlan<'a> {
     /// /proc/self/stat): init blanks its copy, so the program cannot read
     /// the caller's command line (host paths, flags) in /proc/1/cmdline.
     pub arg_area: Option<(usize, usize)>,
+    /// When the run has network: the loopback port where init opens the
+    /// proxy's listening socket and hands it to the supervisor.
+    pub proxy_port: Option<u16>,
 }
 
 fn send(fd: RawFd, message: &Message, attach: Option<RawFd>) -> Result<(), ChildFailure> {
@@ -276,6 +281,49 @@ fn close_all_but(keep: &mut [RawFd]) {
     unsafe { libc::syscall(libc::SYS_close_range, next, libc::c_uint::MAX, 0) };
 }
 
+/// A TCP socket listening on 127.0.0.1:`port` in this (the sandbox's)
+/// network namespace, for the supervisor's proxy to accept on. No
+/// SO_REUSEADDR/SO_REUSEPORT: nothing in the sandbox can bind the port
+/// beside it.
+fn open_proxy_socket(port: u16) -> Result<RawFd, ChildFailure> {
+    let fd = check_int(
+        // SAFETY: a plain socket; closed on failure below or by the caller.
+        unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) },
+        "open the network proxy's socket",
+    )?;
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: `addr` is a valid sockaddr_in the kernel only reads.
+    let bound = unsafe {
+        libc::bind(
+            fd,
+            (&addr as *const libc::sockaddr_in).cast::<libc::sockaddr>(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    let result = if bound < 0 {
+        Err(last_errno("bind the network proxy's socket"))
+    } else {
+        // SAFETY: listen on our own socket.
+        check_int(
+            unsafe { libc::listen(fd, 128) },
+            "listen on the network proxy's socket",
+        )
+        .map(|_| fd)
+    };
+    if result.is_err() {
+        // SAFETY: our own descriptor.
+        unsafe { libc::close(fd) };
+    }
+    result
+}
+
 /// `ip link set lo up`, with one ioctl: the sandbox gets a working
 /// loopback and nothing else.
 fn bring_up_loopback() -> Result<(), ChildFailure> {
@@ -362,6 +410,18 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
     // 4. Names, the loopback interface (the network namespace's only one,
     // down until set up), and the filesystem.
     bring_up_loopback()?;
+    if let Some(port) = plan.proxy_port {
+        // Before the sandbox's own code runs, so the port is the proxy's.
+        let listener = open_proxy_socket(port)?;
+        let sent = send(
+            plan.sync_fd,
+            &Message::new(Message::PROXY_SOCKET),
+            Some(listener),
+        );
+        // SAFETY: our own descriptor; the supervisor holds a copy.
+        unsafe { libc::close(listener) };
+        sent?;
+    }
     check_int(
         // SAFETY: constant string and its length.
         unsafe { libc::sethostname(c"sandbox".as_ptr(), 7) },

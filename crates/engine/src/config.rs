@@ -18,10 +18,16 @@
 //! parent = "formicary"
 //! [seccomp]
 //! policy = "/etc/formicary/seccomp.toml"
+//! [network]
+//! allow = ["pypi.org", "files.pythonhosted.org"]  # every run's default rules (default: none)
+//! resolve = ["registry.test:192.0.2.10"]          # pinned names for the proxy
+//! max_bytes_up = "256M"                            # default and maximum of a run
+//! max_bytes_down = "1G"
+//! max_connections = 1024
 //! ```
 
 use crate::mounts::default_read_only_paths;
-use crate::spec::{Limits, ReadOnlyPath};
+use crate::spec::{Limits, NetworkSpec, ReadOnlyPath};
 use crate::units::{parse_duration, parse_size, UnitError};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -93,6 +99,18 @@ struct SeccompText {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct NetworkText {
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    resolve: Vec<String>,
+    max_bytes_up: Option<String>,
+    max_bytes_down: Option<String>,
+    max_connections: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ConfigText {
     #[serde(default)]
     limits: LimitOverrides,
@@ -106,6 +124,8 @@ struct ConfigText {
     cgroup: CgroupText,
     #[serde(default)]
     seccomp: SeccompText,
+    #[serde(default)]
+    network: NetworkText,
 }
 
 /// The engine's configuration, with every default filled in.
@@ -128,6 +148,11 @@ pub struct EngineConfig {
     pub seccomp_policy: Option<PathBuf>,
     /// Where formicary keeps its lock file (root only).
     pub state_dir: PathBuf,
+    /// Every run's network unless it asks otherwise: the default rules
+    /// (none unless the operator lists some) and `--resolve` mappings, and
+    /// the proxy's byte and connection limits, which are also the most a
+    /// run may ask for.
+    pub network: NetworkSpec,
 }
 
 impl Default for EngineConfig {
@@ -141,6 +166,7 @@ impl Default for EngineConfig {
             cgroup_parent: "formicary".to_string(),
             seccomp_policy: None,
             state_dir: PathBuf::from("/run/formicary"),
+            network: NetworkSpec::default(),
         }
     }
 }
@@ -194,6 +220,47 @@ impl LimitOverrides {
         }
         Ok(())
     }
+}
+
+fn network_from(path: &Path, text: NetworkText) -> Result<NetworkSpec, ConfigError> {
+    let invalid = |message: String| ConfigError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut network = NetworkSpec {
+        allow: text.allow,
+        resolve: text.resolve,
+        ..NetworkSpec::default()
+    };
+    let size = |key: &'static str, value: &Option<String>, into: &mut u64| {
+        if let Some(v) = value {
+            *into = parse_size(v).map_err(|source| ConfigError::Value {
+                path: path.to_path_buf(),
+                table: "network",
+                key,
+                value: v.clone(),
+                source,
+            })?;
+        }
+        Ok::<(), ConfigError>(())
+    };
+    size(
+        "max_bytes_up",
+        &text.max_bytes_up,
+        &mut network.max_bytes_up,
+    )?;
+    size(
+        "max_bytes_down",
+        &text.max_bytes_down,
+        &mut network.max_bytes_down,
+    )?;
+    if let Some(n) = text.max_connections {
+        network.max_connections = n;
+    }
+    // Found out now, not at the first run.
+    crate::network::NetworkPlan::validate(&network)
+        .map_err(|e| invalid(format!("[network]: {e}")))?;
+    Ok(network)
 }
 
 fn ro_path(text: &str) -> ReadOnlyPath {
@@ -293,6 +360,7 @@ impl EngineConfig {
             config.cgroup_parent = parent;
         }
         config.seccomp_policy = parsed.seccomp.policy;
+        config.network = network_from(path, parsed.network)?;
         Ok(config)
     }
 }

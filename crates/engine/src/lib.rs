@@ -20,6 +20,7 @@ pub mod config;
 pub mod idmap;
 pub mod landlock;
 pub mod mounts;
+pub mod network;
 pub mod result;
 pub mod rlimits;
 pub mod sandbox;

@@ -100,6 +100,31 @@ pub struct RunResult {
     /// the run at the end of each step); only when asked for.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub profile: Option<Vec<(String, u64)>>,
+    /// What the sandbox did on the network, when the run allowed any
+    /// destination (absent with `--net none`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub network: Option<NetworkReport>,
+}
+
+/// The network side of a run that allowed destinations: the rules, and
+/// every connection attempt through the proxy, allowed or not.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkReport {
+    /// The `--net allow` rules, as given.
+    pub allow: Vec<String>,
+    /// Where the proxy answered inside the sandbox.
+    pub proxy: String,
+    /// Each connection attempt: destination name and address, port,
+    /// allowed or not and why, bytes each way, the limit that closed it.
+    pub attempts: Vec<formicary_netproxy::Attempt>,
+    /// Connections the sandbox opened to the proxy.
+    pub connections: u64,
+    /// Bytes sent and received through the proxy, all connections together.
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    /// The network limits reached (`bytes_up`, `bytes_down`, `connections`,
+    /// `concurrent_connections`, ...), in the order they were reached.
+    pub limits_exceeded: Vec<String>,
 }
 
 impl RunResult {
@@ -123,6 +148,7 @@ impl RunResult {
             isolation: IsolationReport::default(),
             error: Some(message),
             profile: None,
+            network: None,
         }
     }
 

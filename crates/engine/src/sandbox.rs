@@ -22,6 +22,7 @@ use crate::config::EngineConfig;
 use crate::idmap::{self, IdAllocator};
 use crate::landlock::{self, LandlockPlan, NetPolicy};
 use crate::mounts::MountPlan;
+use crate::network::{self, NetworkPlan, RunningProxy};
 use crate::result::{classify, IsolationReport, RunResult, Status};
 use crate::rlimits::RlimitPlan;
 use crate::seccomp::{self, CompiledFilter, DenyMode, Notifier, Policy};
@@ -219,6 +220,9 @@ impl Engine {
                 .validate(&self.config.max)
                 .map_err(|e| e.to_string())?;
         }
+        spec.network
+            .validate_limits(&self.config.network)
+            .map_err(|e| e.to_string())?;
         for f in &spec.files {
             crate::workspace::validate_sandbox_path(&f.sandbox_path).map_err(|e| e.to_string())?;
         }
@@ -272,13 +276,18 @@ impl Engine {
         let mut read_only = self.config.read_only.clone();
         read_only.extend(spec.extra_read_only.iter().cloned());
         let mounts = MountPlan::prepare(&read_only, disk_bytes).map_err(|e| e.to_string())?;
+        let network = NetworkPlan::prepare(&spec.network).map_err(|e| e.to_string())?;
+        let (proxy_port, network_env) = match network {
+            Some(_) => (Some(network::PROXY_PORT), network::proxy_environment()),
+            None => (None, Vec::new()),
+        };
         let landlock_plan = match self.facts.landlock_abi {
             Some(abi) => Some(
                 LandlockPlan::prepare(
                     abi,
                     &landlock::default_rules(),
                     &NetPolicy {
-                        connect_tcp_ports: Vec::new(),
+                        connect_tcp_ports: proxy_port.into_iter().collect(),
                     },
                 )
                 .map_err(|e| e.to_string())?,
@@ -290,7 +299,7 @@ impl Engine {
         let mut prepared = Vec::with_capacity(stages.len());
         let mut stage_fds = Vec::with_capacity(stages.len());
         for stage in &stages {
-            let (p, fds) = PreparedStage::new(stage)?;
+            let (p, fds) = PreparedStage::new(stage, &network_env)?;
             prepared.push(p);
             stage_fds.push(fds);
         }
@@ -321,6 +330,7 @@ impl Engine {
             stages: &stage_plans,
             exec_stack: &exec_stack,
             arg_area: self.facts.arg_area,
+            proxy_port,
         };
         profile.mark("prepare the child's plan");
 
@@ -355,6 +365,7 @@ impl Engine {
             &stages,
             &mut profile,
             &plan,
+            network.as_ref(),
             &host_ids,
             &mut cgroup,
             sync_parent,
@@ -386,6 +397,7 @@ impl Engine {
         stages: &[StageRef<'_>],
         profile: &mut Profile,
         plan: &ChildPlan<'_>,
+        network: Option<&NetworkPlan>,
         host_ids: &idmap::HostIds,
         cgroup_slot: &mut Option<Box<dyn Cgroup>>,
         sync_parent: OwnedFd,
@@ -435,6 +447,14 @@ impl Engine {
         }
         let cgroup = cgroup_slot.as_deref();
         profile.mark("create the cgroup, move init into it");
+        // The proxy's socket comes first, before init builds its root.
+        let proxy = match network {
+            Some(plan) => {
+                let socket = expect_proxy_socket(&sync_parent)?;
+                Some(RunningProxy::start(plan, socket).map_err(|e| e.to_string())?)
+            }
+            None => None,
+        };
 
         // 7. Inputs.
         let sandbox_dir = expect_ready(&sync_parent)?;
@@ -531,6 +551,15 @@ impl Engine {
         drop(sync_open);
         let _ = child.reap();
         profile.mark("reap init");
+        // Every process of the sandbox is gone: its connections are closed
+        // or closing, and the log is complete once the proxy has stopped.
+        if let Some(proxy) = proxy {
+            let report = proxy.finish();
+            if let Some(last) = results.last_mut() {
+                last.network = Some(report);
+            }
+            profile.mark("stop the network proxy");
+        }
         let main = if results.len() == stages.len() {
             results.pop()
         } else {
@@ -671,6 +700,7 @@ impl Engine {
             isolation: IsolationReport::default(),
             error,
             profile: None,
+            network: None,
         })
     }
 }
@@ -760,8 +790,14 @@ struct StageFds {
 }
 
 impl PreparedStage {
-    fn new(stage: &StageRef<'_>) -> Result<(PreparedStage, StageFds), String> {
-        let exec = ExecPlan::new(stage.program, stage.args, stage.env)?;
+    /// `network_env` comes before the stage's own variables, which may
+    /// override it.
+    fn new(
+        stage: &StageRef<'_>,
+        network_env: &[(String, String)],
+    ) -> Result<(PreparedStage, StageFds), String> {
+        let env: Vec<(String, String)> = network_env.iter().chain(stage.env).cloned().collect();
+        let exec = ExecPlan::new(stage.program, stage.args, &env)?;
         let rlimits = RlimitPlan::from_limits(stage.limits).map_err(|e| e.to_string())?;
         let stdin = if stage.stdin.is_empty() {
             None
@@ -894,6 +930,16 @@ fn expect_ready(sync: &OwnedFd) -> Result<OwnedFd, String> {
     match recv_message(sync)? {
         (m, Some(fd)) if m.kind == Message::READY => Ok(fd),
         _ => Err("unexpected message from the sandbox's init (wanted READY)".to_string()),
+    }
+}
+
+fn expect_proxy_socket(sync: &OwnedFd) -> Result<OwnedFd, String> {
+    match recv_message(sync)? {
+        (m, Some(fd)) if m.kind == Message::PROXY_SOCKET => Ok(fd),
+        _ => Err(
+            "unexpected message from the sandbox's init (wanted the network proxy's socket)"
+                .to_string(),
+        ),
     }
 }
 

@@ -55,6 +55,12 @@ pub enum LimitError {
         value: String,
         max: String,
     },
+    #[error("--{flag} {value} is above this host's maximum of {max} (set in the config file's [network] table); ask for less or raise the maximum")]
+    NetworkAboveMaximum {
+        flag: &'static str,
+        value: String,
+        max: String,
+    },
     #[error("--{flag} must be at least {min}, got {value}")]
     BelowMinimum {
         flag: &'static str,
@@ -264,6 +270,96 @@ pub struct Stage {
     pub limits: Limits,
 }
 
+/// Network access of one run. The default is none: the sandbox has only
+/// its own loopback. With `allow` rules, a filtering proxy outside the
+/// sandbox is reachable at a loopback port inside it (see
+/// [`crate::network`]) and lets through connections to the listed
+/// destinations only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkSpec {
+    /// Destinations the sandbox may reach, one rule each: a host name
+    /// (`pypi.org`), a wildcard domain (`*.pythonhosted.org`), an IP
+    /// address or CIDR (`203.0.113.7`, `[2001:db8::1]`, `10.0.0.0/8`), each
+    /// with an optional `:PORT` or `:LOW-HIGH` (default 80 and 443).
+    /// Empty: no network.
+    pub allow: Vec<String>,
+    /// Names the proxy resolves to a fixed address (`NAME:ADDR`) instead of
+    /// asking the host's resolver: for tests and for pinning a host. The
+    /// address is still checked like any other.
+    pub resolve: Vec<String>,
+    /// Bytes the sandbox may send through the proxy, all connections
+    /// together. Default 256 MiB.
+    pub max_bytes_up: u64,
+    /// Bytes the sandbox may receive through the proxy. Default 1 GiB.
+    pub max_bytes_down: u64,
+    /// Connections (allowed or refused) the sandbox may open through the
+    /// proxy. Default 1024.
+    pub max_connections: u64,
+}
+
+impl Default for NetworkSpec {
+    fn default() -> Self {
+        NetworkSpec {
+            allow: Vec::new(),
+            resolve: Vec::new(),
+            max_bytes_up: 256 << 20,
+            max_bytes_down: 1 << 30,
+            max_connections: 1024,
+        }
+    }
+}
+
+impl NetworkSpec {
+    /// Whether the run has any network beyond its loopback.
+    pub fn enabled(&self) -> bool {
+        !self.allow.is_empty()
+    }
+
+    /// Checks the proxy's limits against the operator's (`max`, from the
+    /// config file's `[network]` table): above is refused, never clamped.
+    pub fn validate_limits(&self, max: &NetworkSpec) -> Result<(), LimitError> {
+        type Field = (&'static str, u64, u64, fn(u64) -> String);
+        let fields: [Field; 3] = [
+            (
+                "net-max-up",
+                self.max_bytes_up,
+                max.max_bytes_up,
+                crate::units::format_size,
+            ),
+            (
+                "net-max-down",
+                self.max_bytes_down,
+                max.max_bytes_down,
+                crate::units::format_size,
+            ),
+            (
+                "net-max-connections",
+                self.max_connections,
+                max.max_connections,
+                print_count,
+            ),
+        ];
+        for (flag, value, maximum, print) in fields {
+            if value > maximum {
+                return Err(LimitError::NetworkAboveMaximum {
+                    flag,
+                    value: print(value),
+                    max: print(maximum),
+                });
+            }
+            if value == 0 {
+                return Err(LimitError::BelowMinimum {
+                    flag,
+                    value: print(value),
+                    min: print(1),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Everything the engine needs for one run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SandboxSpec {
@@ -298,6 +394,9 @@ pub struct SandboxSpec {
     /// does not end `ok` stops the run (see `Engine::run_staged`).
     #[serde(default)]
     pub before: Vec<Stage>,
+    /// Network access (default: none).
+    #[serde(default)]
+    pub network: NetworkSpec,
 }
 
 impl SandboxSpec {
@@ -317,6 +416,7 @@ impl SandboxSpec {
             allow_degraded: false,
             profile: false,
             before: Vec::new(),
+            network: NetworkSpec::default(),
         }
     }
 }

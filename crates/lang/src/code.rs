@@ -8,7 +8,7 @@ use crate::versions::VersionCache;
 use formicary_engine::result::{RunResult, Status};
 use formicary_engine::sandbox::Engine;
 use formicary_engine::spec::{
-    InlineFile, InputFile, Limits, OutputSpec, ReadOnlyPath, SandboxSpec, Stage,
+    InlineFile, InputFile, Limits, NetworkSpec, OutputSpec, ReadOnlyPath, SandboxSpec, Stage,
 };
 use serde::{Deserialize, Serialize};
 use std::path::{Component, Path, PathBuf};
@@ -62,6 +62,9 @@ pub struct CodeRequest {
     /// Report where the run's time went (`RunResult::profile`).
     #[serde(default)]
     pub profile: bool,
+    /// Network access of both stages (default: none).
+    #[serde(default)]
+    pub network: NetworkSpec,
 }
 
 /// The result of a request: the run's result, plus which language ran, its
@@ -271,6 +274,7 @@ impl Language {
         spec.outputs = request.outputs.clone();
         spec.allow_degraded = request.allow_degraded;
         spec.profile = request.profile;
+        spec.network = request.network.clone();
         spec.extra_read_only = expand_read_only(&runtime.read_only);
         spec.inline_files = files
             .iter()

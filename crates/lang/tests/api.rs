@@ -36,6 +36,7 @@ fn request(language: &str, name: &str, code: &str, stdin: &str, lang: &Language)
         outputs: None,
         allow_degraded: false,
         profile: false,
+        network: Default::default(),
     }
 }
 

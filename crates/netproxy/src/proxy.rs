@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::addresses::canonical;
 use crate::resolve::{Resolver, SystemResolver};
@@ -176,7 +176,7 @@ impl ProxyConfig {
 }
 
 /// How the client asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Protocol {
     /// An absolute-URI HTTP request (`GET http://host/path`).
@@ -188,7 +188,7 @@ pub enum Protocol {
 }
 
 /// One connection attempt, as reported in the run's `network` field.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attempt {
     pub protocol: Protocol,
     /// The host name the client asked for; `None` for an address literal.
