@@ -110,6 +110,24 @@ pub fn host_report(config: EngineConfig) -> HostReport {
             None => "not available: the mount namespace alone confines writes".into(),
         },
     ));
+    let defaults = &engine.config().network;
+    items.push(item(
+        "network",
+        true,
+        format!(
+            "{}; --net allow=... goes through the filtering proxy at the sandbox's 127.0.0.1:{}{}",
+            if defaults.enabled() {
+                format!("the config allows {} by default", defaults.allow.join(","))
+            } else {
+                "loopback only by default".to_string()
+            },
+            crate::network::PROXY_PORT,
+            match facts.landlock_abi {
+                Some(abi) if abi >= 4 => ", the only TCP port a program may connect to (Landlock)",
+                _ => " (no Landlock network rules here: a program may also connect to its own loopback's ports)",
+            }
+        ),
+    ));
     items.push(item(
         "privilege",
         true,
