@@ -8,7 +8,8 @@
 //! - [`resolve`]: the proxy resolves names itself ([`resolve::Resolver`]),
 //!   so it decides on the address it will connect to (no DNS rebinding).
 //! - [`addresses`]: address classes (loopback, private, link-local,
-//!   metadata, ...) refused unless a rule names that address.
+//!   metadata, ...) and the host's own networks (read from `/proc/net`),
+//!   refused unless a rule names that address.
 //! - [`sni`]: a bounds-checked TLS ClientHello parser, so that a CONNECT
 //!   tunnel's SNI must equal the CONNECT target.
 //! - [`proxy`]: the HTTP forward proxy (absolute URI and CONNECT) and
@@ -23,7 +24,7 @@ pub mod resolve;
 pub mod rules;
 pub mod sni;
 
-pub use addresses::{classify, AddressClass, Cidr, CidrError, Special};
+pub use addresses::{classify, host_networks, AddressClass, Cidr, CidrError, Special};
 pub use proxy::{Attempt, ClientStream, Limits, Listener, Protocol, Proxy, ProxyConfig, Stats};
 pub use resolve::{ResolveError, Resolver, StaticResolver, SystemResolver};
 pub use rules::{Decision, HostPattern, PortRange, Rule, RuleError, RuleSet};

@@ -7,7 +7,8 @@
 //! 2. count it against the run's connection limit;
 //! 3. check the rules on the name and port asked for, before any lookup;
 //! 4. resolve the name on this side ([`crate::resolve::Resolver`]) and check
-//!    every address ([`RuleSet::allows`]: rules and special classes);
+//!    every address ([`RuleSet::allows_on_host`]: rules, special classes,
+//!    and the host's own networks);
 //! 5. connect to an address that passed, and only such an address (no
 //!    second lookup, so no DNS rebinding);
 //! 6. relay bytes both ways, counting them against the run's byte limits.
@@ -41,7 +42,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::addresses::canonical;
+use crate::addresses::{canonical, Cidr};
 use crate::resolve::{Resolver, SystemResolver};
 use crate::rules::{normalize_name, Decision, RuleSet};
 use crate::sni::{looks_like_tls, parse_client_hello_sni, ClientHelloError, MAX_CLIENT_HELLO};
@@ -144,22 +145,37 @@ impl Default for Limits {
     }
 }
 
-/// Everything a proxy needs: rules, limits and a resolver.
+/// Everything a proxy needs: rules, limits, a resolver and the host's
+/// networks.
 #[derive(Clone)]
 pub struct ProxyConfig {
     pub rules: RuleSet,
     pub limits: Limits,
     pub resolver: Arc<dyn Resolver>,
+    /// The networks of the proxy's host, refused unless a rule lists the
+    /// address ([`RuleSet::allows_on_host`]); usually
+    /// [`crate::addresses::host_networks`]. Empty by default.
+    pub host_networks: Vec<Cidr>,
 }
 
 impl ProxyConfig {
-    /// `rules` with the default limits and the host's resolver.
+    /// `rules` with the default limits, the host's resolver, and no host
+    /// networks (this reads nothing from the system: add them with
+    /// [`ProxyConfig::with_host_networks`]).
     pub fn new(rules: RuleSet) -> ProxyConfig {
         ProxyConfig {
             rules,
             limits: Limits::default(),
             resolver: Arc::new(SystemResolver),
+            host_networks: Vec::new(),
         }
+    }
+
+    /// The same refusing `networks` as the host's own
+    /// ([`crate::addresses::host_networks`]).
+    pub fn with_host_networks(mut self, networks: Vec<Cidr>) -> ProxyConfig {
+        self.host_networks = networks;
+        self
     }
 
     /// The same with `resolver` instead.
@@ -506,7 +522,9 @@ impl Proxy {
         let mut first_denial: Option<(IpAddr, Decision)> = None;
         match &request.host {
             Host::Literal(addr) => {
-                let d = config.rules.allows(None, *addr, port);
+                let d = config
+                    .rules
+                    .allows_on_host(None, *addr, port, &config.host_networks);
                 if d.allowed {
                     candidates.push((canonical(*addr), d));
                 } else {
@@ -522,7 +540,10 @@ impl Proxy {
                     .resolve(name)
                     .map_err(|e| (None, Refusal::Unresolved(e.to_string())))?;
                 for addr in addrs {
-                    let d = config.rules.allows(Some(name), addr, port);
+                    let d =
+                        config
+                            .rules
+                            .allows_on_host(Some(name), addr, port, &config.host_networks);
                     if d.allowed {
                         candidates.push((canonical(addr), d));
                     } else if first_denial.is_none() {

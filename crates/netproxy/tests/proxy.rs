@@ -253,6 +253,38 @@ fn name_resolving_to_the_metadata_address_is_refused() {
 }
 
 #[test]
+fn name_resolving_into_the_hosts_network_is_refused() {
+    let origin = http_server();
+    let p = origin.port;
+    // 127.0.0.0/8 opens the loopback class, but the host network
+    // 127.0.0.0/24 needs a rule inside it.
+    let host = vec!["127.0.0.0/24".parse().expect("block")];
+    let (proxy, port) = start(
+        config(
+            &format!("origin.test:{p},127.0.0.0/8:{p}"),
+            "origin.test:127.0.0.1",
+        )
+        .with_host_networks(host.clone()),
+    );
+    let (resp, took) = get(port, &format!("http://origin.test:{p}/"));
+    assert_refused(&resp, took, "403", "host's own network (127.0.0.0/24)");
+    assert!(resp.contains(&format!("`127.0.0.1:{p}`")), "{resp}");
+    assert_eq!(origin.accepted(), 0, "the origin was never contacted");
+    assert!(!last(&proxy).allowed);
+    // Listing the address opens it.
+    let (proxy, port) = start(
+        config(
+            &format!("origin.test:{p},127.0.0.1:{p}"),
+            "origin.test:127.0.0.1",
+        )
+        .with_host_networks(host),
+    );
+    let (resp, _) = get(port, &format!("http://origin.test:{p}/"));
+    assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
+    assert!(last(&proxy).reason.contains("host's own network"));
+}
+
+#[test]
 fn denied_host_is_refused_before_resolving() {
     let origin = http_server();
     let (proxy, port) = start(config(
