@@ -13,7 +13,8 @@
 //! - [`sni`]: a bounds-checked TLS ClientHello parser, so that a CONNECT
 //!   tunnel's SNI must equal the CONNECT target.
 //! - [`proxy`]: the HTTP forward proxy (absolute URI and CONNECT) and
-//!   SOCKS5 server on one listener, its limits and its log of attempts.
+//!   SOCKS5 server on one listener, its limits (bytes, connections, idle
+//!   time), its log of attempts, and its shutdown at the end of a run.
 //!
 //! Parsing never touches the network; only [`proxy`] and
 //! [`resolve::SystemResolver`] do.
@@ -25,7 +26,9 @@ pub mod rules;
 pub mod sni;
 
 pub use addresses::{classify, host_networks, AddressClass, Cidr, CidrError, Special};
-pub use proxy::{Attempt, ClientStream, Limits, Listener, Protocol, Proxy, ProxyConfig, Stats};
+pub use proxy::{
+    AcceptWaker, Attempt, ClientStream, Limits, Listener, Protocol, Proxy, ProxyConfig, Stats,
+};
 pub use resolve::{ResolveError, Resolver, StaticResolver, SystemResolver};
 pub use rules::{Decision, HostPattern, PortRange, Rule, RuleError, RuleSet};
 pub use sni::{parse_client_hello_sni, ClientHelloError};
