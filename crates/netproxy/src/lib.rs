@@ -8,11 +8,13 @@
 //! - [`resolve`]: the proxy resolves names itself ([`resolve::Resolver`]),
 //!   so it decides on the address it will connect to (no DNS rebinding).
 //! - [`addresses`]: address classes (loopback, private, link-local,
-//!   metadata, ...) refused unless a rule names that address.
+//!   metadata, ...) and the host's own networks (read from `/proc/net`),
+//!   refused unless a rule names that address.
 //! - [`sni`]: a bounds-checked TLS ClientHello parser, so that a CONNECT
 //!   tunnel's SNI must equal the CONNECT target.
 //! - [`proxy`]: the HTTP forward proxy (absolute URI and CONNECT) and
-//!   SOCKS5 server on one listener, its limits and its log of attempts.
+//!   SOCKS5 server on one listener, its limits (bytes, connections, idle
+//!   time), its log of attempts, and its shutdown at the end of a run.
 //!
 //! Parsing never touches the network; only [`proxy`] and
 //! [`resolve::SystemResolver`] do.
@@ -23,8 +25,10 @@ pub mod resolve;
 pub mod rules;
 pub mod sni;
 
-pub use addresses::{classify, AddressClass, Cidr, CidrError, Special};
-pub use proxy::{Attempt, ClientStream, Limits, Listener, Protocol, Proxy, ProxyConfig, Stats};
+pub use addresses::{classify, host_networks, AddressClass, Cidr, CidrError, Special};
+pub use proxy::{
+    AcceptWaker, Attempt, ClientStream, Limits, Listener, Protocol, Proxy, ProxyConfig, Stats,
+};
 pub use resolve::{ResolveError, Resolver, StaticResolver, SystemResolver};
 pub use rules::{Decision, HostPattern, PortRange, Rule, RuleError, RuleSet};
 pub use sni::{parse_client_hello_sni, ClientHelloError};

@@ -7,12 +7,17 @@
 //! 2. count it against the run's connection limit;
 //! 3. check the rules on the name and port asked for, before any lookup;
 //! 4. resolve the name on this side ([`crate::resolve::Resolver`]) and check
-//!    every address ([`RuleSet::allows`]: rules and special classes);
+//!    every address ([`RuleSet::allows_on_host`]: rules, special classes,
+//!    and the host's own networks);
 //! 5. connect to an address that passed, and only such an address (no
 //!    second lookup, so no DNS rebinding);
-//! 6. relay bytes both ways, counting them against the run's byte limits.
-//!    In a tunnel (CONNECT or SOCKS5) whose client speaks TLS first, the
-//!    ClientHello's server name must be the tunnel's target name.
+//! 6. relay bytes both ways, counting them against the run's byte limits,
+//!    until either side closes or the connection is idle for
+//!    [`Limits::idle_timeout`]. In a tunnel (CONNECT or SOCKS5) whose
+//!    client speaks TLS first, the ClientHello's server name must be the
+//!    tunnel's target name. (Inside a tunnel nothing else is checked: the
+//!    destination is the address the proxy connected to, whatever an HTTP
+//!    `Host` header in it says.)
 //!
 //! A refusal is immediate and says why: an HTTP 403 (or 400, 501, 502)
 //! with a one-line reason, or a SOCKS5 reply code (2: not allowed by the
@@ -29,19 +34,36 @@
 //! (`Connection: close`), with the `Host` header rewritten to the checked
 //! target and the body limited to its `Content-Length`, so that a client
 //! cannot smuggle a second request to another virtual host on the same
-//! upstream connection. Chunked request bodies are refused (501).
+//! upstream connection. Chunked request bodies (`Transfer-Encoding`) are
+//! refused with 501 and a reason asking for a `Content-Length`: forwarding
+//! them would need a chunked decoder to find the end of the body, which is
+//! where smuggling bugs live; clients that need them use CONNECT (HTTPS).
+//!
+//! ## Lifetime
+//!
+//! The engine runs one [`Proxy`] per sandbox run: [`Proxy::serve`] in a
+//! thread, on the listener inside the sandbox's network namespace, then
+//! [`Proxy::shutdown`] at the end of the run, which stops accepting (and
+//! wakes the accept), closes every open client and upstream connection,
+//! waits for their threads, and makes [`Proxy::log`] and [`Proxy::stats`]
+//! final; `serve` returns and its thread can be joined. Open connections
+//! are kept in a registry, with a second handle on each socket, that each
+//! connection leaves when its thread ends; one thread per proxy (only
+//! while something is relayed) closes idle connections.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::addresses::canonical;
+use crate::addresses::{canonical, Cidr};
 use crate::resolve::{Resolver, SystemResolver};
 use crate::rules::{normalize_name, Decision, RuleSet};
 use crate::sni::{looks_like_tls, parse_client_hello_sni, ClientHelloError, MAX_CLIENT_HELLO};
@@ -90,11 +112,21 @@ impl ClientStream for UnixStream {
     }
 }
 
+/// Wakes a thread blocked in [`Listener::accept_stream`], from another
+/// thread; the accept then fails and does not block again.
+pub type AcceptWaker = Box<dyn Fn() + Send + Sync>;
+
 /// Where client connections come from.
 pub trait Listener: Send + 'static {
     type Stream: ClientStream;
     /// The next client connection.
     fn accept_stream(&self) -> io::Result<Self::Stream>;
+    /// How [`Proxy::stop`] and [`Proxy::shutdown`] wake [`Proxy::serve`]
+    /// out of a blocked accept. `None` (the default) leaves that to the
+    /// caller.
+    fn accept_waker(&self) -> Option<AcceptWaker> {
+        None
+    }
 }
 
 impl Listener for TcpListener {
@@ -102,12 +134,30 @@ impl Listener for TcpListener {
     fn accept_stream(&self) -> io::Result<TcpStream> {
         self.accept().map(|(s, _)| s)
     }
+    /// `shutdown(SHUT_RDWR)` on a second handle of the listening socket:
+    /// on Linux a blocked `accept` returns `EINVAL`, and connections to
+    /// the socket are refused from then on. `None` when the socket cannot
+    /// be duplicated (out of file descriptors).
+    fn accept_waker(&self) -> Option<AcceptWaker> {
+        // A TcpStream on the listening socket, for its shutdown method.
+        let socket = TcpStream::from(OwnedFd::from(self.try_clone().ok()?));
+        Some(Box::new(move || {
+            let _ = socket.shutdown(Shutdown::Both);
+        }))
+    }
 }
 
 impl Listener for UnixListener {
     type Stream = UnixStream;
     fn accept_stream(&self) -> io::Result<UnixStream> {
         self.accept().map(|(s, _)| s)
+    }
+    /// As for [`TcpListener`]: a blocked `accept` returns `EINVAL`.
+    fn accept_waker(&self) -> Option<AcceptWaker> {
+        let socket = UnixStream::from(OwnedFd::from(self.try_clone().ok()?));
+        Some(Box::new(move || {
+            let _ = socket.shutdown(Shutdown::Both);
+        }))
     }
 }
 
@@ -129,6 +179,11 @@ pub struct Limits {
     /// Time for a client to send its whole request (HTTP head or SOCKS5
     /// handshake). Default 10 s.
     pub request_timeout: Duration,
+    /// A relayed connection with no byte in either direction for this long
+    /// is closed (`limit_exceeded: "idle_timeout"` on its [`Attempt`]).
+    /// Checked every eighth of it (from 10 ms to 1 s). Zero turns it off.
+    /// Default 120 s.
+    pub idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -140,26 +195,42 @@ impl Default for Limits {
             max_concurrent: 128,
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
         }
     }
 }
 
-/// Everything a proxy needs: rules, limits and a resolver.
+/// Everything a proxy needs: rules, limits, a resolver and the host's
+/// networks.
 #[derive(Clone)]
 pub struct ProxyConfig {
     pub rules: RuleSet,
     pub limits: Limits,
     pub resolver: Arc<dyn Resolver>,
+    /// The networks of the proxy's host, refused unless a rule lists the
+    /// address ([`RuleSet::allows_on_host`]); usually
+    /// [`crate::addresses::host_networks`]. Empty by default.
+    pub host_networks: Vec<Cidr>,
 }
 
 impl ProxyConfig {
-    /// `rules` with the default limits and the host's resolver.
+    /// `rules` with the default limits, the host's resolver, and no host
+    /// networks (this reads nothing from the system: add them with
+    /// [`ProxyConfig::with_host_networks`]).
     pub fn new(rules: RuleSet) -> ProxyConfig {
         ProxyConfig {
             rules,
             limits: Limits::default(),
             resolver: Arc::new(SystemResolver),
+            host_networks: Vec::new(),
         }
+    }
+
+    /// The same refusing `networks` as the host's own
+    /// ([`crate::addresses::host_networks`]).
+    pub fn with_host_networks(mut self, networks: Vec<Cidr>) -> ProxyConfig {
+        self.host_networks = networks;
+        self
     }
 
     /// The same with `resolver` instead.
@@ -219,7 +290,8 @@ pub struct Stats {
     pub bytes_up: u64,
     pub bytes_down: u64,
     /// The limits that were reached, in the order they were first reached:
-    /// `bytes_up`, `bytes_down`, `connections`, `concurrent_connections`.
+    /// `bytes_up`, `bytes_down`, `connections`, `concurrent_connections`,
+    /// `idle_timeout`.
     pub limits_exceeded: Vec<String>,
     /// Attempts not kept in the log because it was full.
     pub log_dropped: u64,
@@ -230,7 +302,7 @@ pub struct Stats {
 
 struct Shared {
     config: ProxyConfig,
-    log: Mutex<Vec<Attempt>>,
+    log: Mutex<Log>,
     connections: AtomicU64,
     /// Client connections being served now.
     active: AtomicU64,
@@ -240,7 +312,91 @@ struct Shared {
     bytes_down: AtomicU64,
     log_dropped: AtomicU64,
     exceeded: Mutex<Vec<String>>,
+    /// Set by [`Proxy::stop`]: no new connection is served. Written with
+    /// `registry` locked, so that a connection is either registered before
+    /// it (and closed by [`Proxy::shutdown`]) or refused.
     stop: AtomicBool,
+    /// Open connections and listeners being served.
+    registry: Mutex<Registry>,
+    /// Notified when a connection leaves the registry, or on shutdown.
+    changed: Condvar,
+    /// The origin of [`ConnState::last_activity`].
+    epoch: Instant,
+}
+
+impl Shared {
+    /// Milliseconds since `epoch`.
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// The log, and whether [`Proxy::shutdown`] has made it final.
+#[derive(Default)]
+struct Log {
+    entries: Vec<Attempt>,
+    sealed: bool,
+}
+
+/// The reason of an attempt being resolved and connected. If the proxy is
+/// shut down before it is decided, it becomes [`NOT_SERVED`].
+const PENDING: &str = "in progress: resolving the name and connecting";
+const NOT_SERVED: &str =
+    "not served: the proxy was shut down while resolving the name or connecting";
+
+/// [`ConnState::closed_by`] values.
+const CLOSED_IDLE: u8 = 1;
+const CLOSED_SHUTDOWN: u8 = 2;
+
+/// What the registry and the relay share about one connection.
+#[derive(Default)]
+struct ConnState {
+    /// Whether bytes are being relayed (the idle timeout applies).
+    relaying: AtomicBool,
+    /// [`Shared::now_ms`] when a byte was last read or a chunk written.
+    last_activity: AtomicU64,
+    /// Who closed the connection from outside: 0, [`CLOSED_IDLE`] or
+    /// [`CLOSED_SHUTDOWN`].
+    closed_by: AtomicU8,
+}
+
+/// A handle that ends every blocked read and write on its connection.
+trait Closable: Send {
+    fn close(&self);
+}
+
+impl<S: ClientStream> Closable for S {
+    fn close(&self) {
+        let _ = self.shutdown_stream(Shutdown::Both);
+    }
+}
+
+/// One open client connection: its state and second handles on its client
+/// and upstream sockets.
+struct Entry {
+    state: Arc<ConnState>,
+    handles: Vec<Box<dyn Closable>>,
+}
+
+impl Entry {
+    fn close(&self) {
+        for h in &self.handles {
+            h.close();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    next_id: u64,
+    open: HashMap<u64, Entry>,
+    /// Listeners being served, by the same ids.
+    wakers: HashMap<u64, AcceptWaker>,
+    /// Set by [`Proxy::shutdown`]: open connections are being closed, and
+    /// none may add an upstream connection.
+    closing: bool,
+    /// Whether the idle-timeout thread runs.
+    reaper: bool,
 }
 
 /// A running (or ready) proxy. Clones share the rules, limits, counters
@@ -322,7 +478,7 @@ impl Proxy {
         Proxy {
             shared: Arc::new(Shared {
                 config,
-                log: Mutex::new(Vec::new()),
+                log: Mutex::new(Log::default()),
                 connections: AtomicU64::new(0),
                 active: AtomicU64::new(0),
                 rejected_concurrent: AtomicU64::new(0),
@@ -331,54 +487,143 @@ impl Proxy {
                 log_dropped: AtomicU64::new(0),
                 exceeded: Mutex::new(Vec::new()),
                 stop: AtomicBool::new(false),
+                registry: Mutex::new(Registry::default()),
+                changed: Condvar::new(),
+                epoch: Instant::now(),
             }),
         }
     }
 
     /// Accepts connections from `listener`, one thread each, until
-    /// [`Proxy::stop`] (checked after each accept). Accept errors (such as
-    /// running out of file descriptors) are retried after a short pause.
+    /// [`Proxy::stop`] or [`Proxy::shutdown`], and returns then (at once
+    /// when the listener has an [`Listener::accept_waker`], or when the
+    /// caller wakes the accept, e.g. with `shutdown(2)` on the listening
+    /// socket), or when the listener stops listening (`EINVAL`). Other
+    /// accept errors (such as running out of file descriptors) are retried
+    /// after a short pause.
     pub fn serve<L: Listener>(&self, listener: L) {
-        while !self.shared.stop.load(Ordering::SeqCst) {
-            match listener.accept_stream() {
-                Ok(stream) => {
-                    if self.shared.stop.load(Ordering::SeqCst) {
-                        break;
+        let Some(_waker) = WakerRegistration::new(&self.shared, listener.accept_waker()) else {
+            return; // Stopped already.
+        };
+        while !self.stopped() {
+            let stream = match listener.accept_stream() {
+                Ok(stream) => stream,
+                Err(e) => {
+                    if self.stopped() || e.kind() == io::ErrorKind::InvalidInput {
+                        return;
                     }
-                    let Some(slot) = Slot::take(&self.shared) else {
-                        self.exceeded("concurrent_connections");
-                        self.shared
-                            .rejected_concurrent
-                            .fetch_add(1, Ordering::SeqCst);
-                        drop(stream);
-                        continue;
-                    };
-                    let proxy = self.clone();
-                    let spawned =
-                        thread::Builder::new()
-                            .name("netproxy-conn".into())
-                            .spawn(move || {
-                                proxy.handle_connection(stream);
-                                drop(slot);
-                            });
-                    if spawned.is_err() {
-                        // Out of threads: the stream was dropped (closed).
-                        thread::sleep(Duration::from_millis(10));
-                    }
+                    thread::sleep(Duration::from_millis(10));
+                    continue;
                 }
-                Err(_) => thread::sleep(Duration::from_millis(10)),
+            };
+            // Registered before anything else, so that shutdown waits
+            // for whatever this connection still counts or logs.
+            let Some(registration) = Registration::new(&self.shared, &stream) else {
+                drop(stream);
+                if !self.stopped() {
+                    // Out of file descriptors for a second handle.
+                    thread::sleep(Duration::from_millis(10));
+                }
+                continue;
+            };
+            let Some(slot) = Slot::take(&self.shared) else {
+                self.exceeded("concurrent_connections");
+                self.shared
+                    .rejected_concurrent
+                    .fetch_add(1, Ordering::SeqCst);
+                drop(stream);
+                continue;
+            };
+            let proxy = self.clone();
+            let spawned = thread::Builder::new()
+                .name("netproxy-conn".into())
+                .spawn(move || {
+                    proxy.serve_registered(registration, stream);
+                    drop(slot);
+                });
+            if spawned.is_err() {
+                // Out of threads: the stream was dropped (closed).
+                thread::sleep(Duration::from_millis(10));
             }
         }
     }
 
-    /// Stops [`Proxy::serve`] at its next accept. Open connections go on.
+    fn stopped(&self) -> bool {
+        self.shared.stop.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting: [`Proxy::serve`] returns (waking its accept when
+    /// the listener has an [`Listener::accept_waker`]), and connections
+    /// accepted from now on are closed unserved. Open connections go on.
     pub fn stop(&self) {
+        let registry = lock(&self.shared.registry);
         self.shared.stop.store(true, Ordering::SeqCst);
+        for wake in registry.wakers.values() {
+            wake();
+        }
+    }
+
+    /// Ends the run's proxying and makes its log final: stops accepting as
+    /// [`Proxy::stop`] does, shuts down (both directions) every open client
+    /// and upstream connection so that their threads end at once, then
+    /// waits up to `grace` for every connection thread to finish and record
+    /// its bytes. After it, [`Proxy::log`] and [`Proxy::stats`] no longer
+    /// change, and the proxy holds no connection's file descriptor once its
+    /// thread has finished.
+    ///
+    /// Returns the number of connections still being served when `grace`
+    /// ran out (0 when all finished): only a thread blocked in name
+    /// resolution or in connecting to a destination can be late, since
+    /// neither can be interrupted. Its attempt is in the log as not served,
+    /// and it closes its connection as soon as it returns.
+    ///
+    /// Safe to call more than once, and from any thread.
+    pub fn shutdown(&self, grace: Duration) -> usize {
+        let deadline = Instant::now().checked_add(grace);
+        let mut registry = lock(&self.shared.registry);
+        self.shared.stop.store(true, Ordering::SeqCst);
+        registry.closing = true;
+        for wake in registry.wakers.values() {
+            wake();
+        }
+        for entry in registry.open.values() {
+            let _ = entry.state.closed_by.compare_exchange(
+                0,
+                CLOSED_SHUTDOWN,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
+            entry.close();
+        }
+        self.shared.changed.notify_all();
+        while !registry.open.is_empty() {
+            let left = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(3600),
+            };
+            if left.is_zero() {
+                break;
+            }
+            registry = wait(&self.shared.changed, registry, left);
+        }
+        let unfinished = registry.open.len();
+        drop(registry);
+        let mut log = lock(&self.shared.log);
+        for a in log.entries.iter_mut().filter(|a| a.reason == PENDING) {
+            a.reason = NOT_SERVED.to_string();
+        }
+        log.sealed = true;
+        unfinished
+    }
+
+    /// Client connections being served now (registered and not finished).
+    pub fn open_connections(&self) -> usize {
+        lock(&self.shared.registry).open.len()
     }
 
     /// Every attempt so far, in order.
     pub fn log(&self) -> Vec<Attempt> {
-        lock(&self.shared.log).clone()
+        lock(&self.shared.log).entries.clone()
     }
 
     /// The run's totals.
@@ -394,8 +639,21 @@ impl Proxy {
     }
 
     /// Serves one client connection to its end, in this thread (and one
-    /// more while relaying).
-    pub fn handle_connection<S: ClientStream>(&self, mut client: S) {
+    /// more while relaying). After [`Proxy::stop`], closes it unserved.
+    pub fn handle_connection<S: ClientStream>(&self, client: S) {
+        match Registration::new(&self.shared, &client) {
+            Some(registration) => self.serve_registered(registration, client),
+            None => {
+                let _ = client.shutdown_stream(Shutdown::Both);
+            }
+        }
+    }
+
+    /// [`Proxy::handle_connection`]; `registration` ends (and shutdown
+    /// stops waiting for this connection) when it returns.
+    fn serve_registered<S: ClientStream>(&self, registration: Registration, mut client: S) {
+        // (Parameters drop in reverse order: the client closes before the
+        // registration ends, so shutdown never returns before it.)
         let limits = self.shared.config.limits;
         if client
             .set_read_timeout_stream(Some(limits.request_timeout))
@@ -415,7 +673,11 @@ impl Proxy {
         let request = match request {
             Ok(r) => r,
             Err((protocol, refusal)) => {
-                self.record(attempt(protocol, None, None, 0, &refusal));
+                let mut a = attempt(protocol, None, None, 0, &refusal);
+                if registration.state.closed_by.load(Ordering::SeqCst) == CLOSED_SHUTDOWN {
+                    a.reason = "the proxy was shut down before the request was complete".into();
+                }
+                self.record(a);
                 reply_refusal(&mut client, protocol, &refusal);
                 return;
             }
@@ -437,30 +699,42 @@ impl Proxy {
             reply_refusal(&mut client, request.protocol, &refusal);
             return;
         }
+        // Logged now, so that an attempt still resolving or connecting
+        // when the proxy is shut down is in the final log.
+        let index = self.record(Attempt {
+            protocol: request.protocol,
+            name: name.clone(),
+            address: None,
+            port: request.port,
+            allowed: false,
+            reason: PENDING.to_string(),
+            bytes_up: 0,
+            bytes_down: 0,
+            limit_exceeded: None,
+        });
         let (upstream, addr, decision) = match self.connect(&request) {
             Ok(ok) => ok,
             Err((addr, refusal)) => {
-                self.record(attempt(
-                    request.protocol,
-                    name,
-                    addr,
-                    request.port,
-                    &refusal,
-                ));
+                self.update(index, |a| {
+                    a.address = addr;
+                    a.reason = refusal.reason().to_string();
+                });
                 reply_refusal(&mut client, request.protocol, &refusal);
                 return;
             }
         };
-        let index = self.record(Attempt {
-            protocol: request.protocol,
-            name: name.clone(),
-            address: Some(addr),
-            port: request.port,
-            allowed: true,
-            reason: decision.reason,
-            bytes_up: 0,
-            bytes_down: 0,
-            limit_exceeded: None,
+        if !registration.add_upstream(&upstream) {
+            let _ = upstream.shutdown(Shutdown::Both);
+            self.update(index, |a| {
+                a.address = Some(addr);
+                a.reason = format!("{}; not relayed: the proxy was shut down", decision.reason);
+            });
+            return;
+        }
+        self.update(index, |a| {
+            a.address = Some(addr);
+            a.allowed = true;
+            a.reason = decision.reason;
         });
         let greeting = match request.protocol {
             Protocol::Http => Ok(()),
@@ -481,10 +755,14 @@ impl Proxy {
             Protocol::Http => None,
             Protocol::Connect | Protocol::Socks5 => Some(name),
         };
+        if !registration.start_relay() {
+            return;
+        }
         let conn = Connection {
             proxy: self.clone(),
             index,
             port: request.port,
+            state: Arc::clone(&registration.state),
         };
         conn.relay(
             client,
@@ -506,7 +784,9 @@ impl Proxy {
         let mut first_denial: Option<(IpAddr, Decision)> = None;
         match &request.host {
             Host::Literal(addr) => {
-                let d = config.rules.allows(None, *addr, port);
+                let d = config
+                    .rules
+                    .allows_on_host(None, *addr, port, &config.host_networks);
                 if d.allowed {
                     candidates.push((canonical(*addr), d));
                 } else {
@@ -522,7 +802,10 @@ impl Proxy {
                     .resolve(name)
                     .map_err(|e| (None, Refusal::Unresolved(e.to_string())))?;
                 for addr in addrs {
-                    let d = config.rules.allows(Some(name), addr, port);
+                    let d =
+                        config
+                            .rules
+                            .allows_on_host(Some(name), addr, port, &config.host_networks);
                     if d.allowed {
                         candidates.push((canonical(addr), d));
                     } else if first_denial.is_none() {
@@ -539,6 +822,13 @@ impl Proxy {
         }
         let mut last_error = None;
         for (addr, decision) in candidates {
+            if lock(&self.shared.registry).closing {
+                // Resolved after a shutdown: connect to nothing.
+                return Err((
+                    Some(addr),
+                    Refusal::ConnectFailed("the proxy was shut down".into()),
+                ));
+            }
             // Exactly the address that was checked.
             match TcpStream::connect_timeout(
                 &SocketAddr::new(addr, port),
@@ -569,18 +859,24 @@ impl Proxy {
             .max_connections
             .saturating_add(LOG_SLACK);
         let mut log = lock(&self.shared.log);
-        if log.len() as u64 >= cap {
+        if log.sealed {
+            return None;
+        }
+        if log.entries.len() as u64 >= cap {
             self.shared.log_dropped.fetch_add(1, Ordering::SeqCst);
             return None;
         }
-        log.push(a);
-        Some(log.len() - 1)
+        log.entries.push(a);
+        Some(log.entries.len() - 1)
     }
 
     fn update(&self, index: Option<usize>, f: impl FnOnce(&mut Attempt)) {
         if let Some(i) = index {
-            if let Some(a) = lock(&self.shared.log).get_mut(i) {
-                f(a);
+            let mut log = lock(&self.shared.log);
+            if !log.sealed {
+                if let Some(a) = log.entries.get_mut(i) {
+                    f(a);
+                }
             }
         }
     }
@@ -615,6 +911,155 @@ impl Proxy {
     }
 }
 
+/// A connection's place in the registry, left on drop (which wakes
+/// [`Proxy::shutdown`]).
+struct Registration {
+    shared: Arc<Shared>,
+    id: u64,
+    state: Arc<ConnState>,
+}
+
+impl Registration {
+    /// Registers `client` with a second handle on it; `None` when the proxy
+    /// is stopped or the handle cannot be made (the caller closes it).
+    fn new<S: ClientStream>(shared: &Arc<Shared>, client: &S) -> Option<Registration> {
+        let handle = client.try_clone_stream().ok()?;
+        let mut registry = lock(&shared.registry);
+        if shared.stop.load(Ordering::SeqCst) {
+            return None;
+        }
+        let id = registry.next_id;
+        registry.next_id += 1;
+        let state = Arc::new(ConnState::default());
+        registry.open.insert(
+            id,
+            Entry {
+                state: Arc::clone(&state),
+                handles: vec![Box::new(handle)],
+            },
+        );
+        Some(Registration {
+            shared: Arc::clone(shared),
+            id,
+            state,
+        })
+    }
+
+    /// Registers the upstream connection too; false when the proxy is
+    /// being shut down (or no handle can be made): do not relay.
+    fn add_upstream(&self, upstream: &TcpStream) -> bool {
+        let Ok(handle) = upstream.try_clone() else {
+            return false;
+        };
+        let mut registry = lock(&self.shared.registry);
+        if registry.closing {
+            return false;
+        }
+        match registry.open.get_mut(&self.id) {
+            Some(entry) => {
+                entry.handles.push(Box::new(handle));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Marks the connection as relaying, under the idle timeout, and
+    /// starts the thread that enforces it if none runs. False when that
+    /// thread cannot be started: do not relay.
+    fn start_relay(&self) -> bool {
+        self.state
+            .last_activity
+            .store(self.shared.now_ms(), Ordering::SeqCst);
+        self.state.relaying.store(true, Ordering::SeqCst);
+        if self.shared.config.limits.idle_timeout.is_zero() {
+            return true;
+        }
+        let mut registry = lock(&self.shared.registry);
+        if registry.reaper {
+            return true;
+        }
+        let shared = Arc::clone(&self.shared);
+        let spawned = thread::Builder::new()
+            .name("netproxy-idle".into())
+            .spawn(move || close_idle_connections(&shared));
+        registry.reaper = spawned.is_ok();
+        registry.reaper
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let entry = lock(&self.shared.registry).open.remove(&self.id);
+        // The second handles close here, outside the lock.
+        drop(entry);
+        self.shared.changed.notify_all();
+    }
+}
+
+/// A listener's waker in the registry while [`Proxy::serve`] runs.
+struct WakerRegistration {
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl WakerRegistration {
+    /// `None` when the proxy is stopped already.
+    fn new(shared: &Arc<Shared>, waker: Option<AcceptWaker>) -> Option<WakerRegistration> {
+        let mut registry = lock(&shared.registry);
+        if shared.stop.load(Ordering::SeqCst) {
+            return None;
+        }
+        let id = registry.next_id;
+        registry.next_id += 1;
+        if let Some(w) = waker {
+            registry.wakers.insert(id, w);
+        }
+        Some(WakerRegistration {
+            shared: Arc::clone(shared),
+            id,
+        })
+    }
+}
+
+impl Drop for WakerRegistration {
+    fn drop(&mut self) {
+        let waker = lock(&self.shared.registry).wakers.remove(&self.id);
+        drop(waker);
+    }
+}
+
+/// The idle-timeout thread: closes relayed connections idle for
+/// `idle_timeout`, checking every eighth of it; ends when no connection is
+/// relaying (the next relay starts it again).
+fn close_idle_connections(shared: &Shared) {
+    let timeout = shared.config.limits.idle_timeout;
+    let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+    let tick = (timeout / 8).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut registry = lock(&shared.registry);
+    loop {
+        let relaying = |e: &Entry| e.state.relaying.load(Ordering::SeqCst);
+        if !registry.open.values().any(relaying) {
+            registry.reaper = false;
+            return;
+        }
+        let now = shared.now_ms();
+        for entry in registry.open.values().filter(|e| relaying(e)) {
+            let idle = now.saturating_sub(entry.state.last_activity.load(Ordering::SeqCst));
+            if idle >= timeout_ms
+                && entry
+                    .state
+                    .closed_by
+                    .compare_exchange(0, CLOSED_IDLE, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            {
+                entry.close();
+            }
+        }
+        registry = wait(&shared.changed, registry, tick);
+    }
+}
+
 /// One of the `max_concurrent` connection slots, given back on drop.
 struct Slot {
     shared: Arc<Shared>,
@@ -644,6 +1089,14 @@ impl Drop for Slot {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic elsewhere must not lose the log: take the data anyway.
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Waits on `cv` for at most `timeout`, poisoning ignored as in [`lock`].
+fn wait<'a, T>(cv: &Condvar, guard: MutexGuard<'a, T>, timeout: Duration) -> MutexGuard<'a, T> {
+    match cv.wait_timeout(guard, timeout) {
+        Ok((guard, _)) => guard,
+        Err(poisoned) => poisoned.into_inner().0,
+    }
 }
 
 fn attempt(
@@ -1014,6 +1467,7 @@ struct Connection {
     proxy: Proxy,
     index: Option<usize>,
     port: u16,
+    state: Arc<ConnState>,
 }
 
 /// What to tell the pump thread when it must stop the whole connection.
@@ -1057,6 +1511,7 @@ impl Connection {
         })();
         let Ok((client_r, upstream_w, closer_up, closer_down)) = handles else {
             let _ = client.shutdown_stream(Shutdown::Both);
+            let _ = upstream.shutdown(Shutdown::Both);
             return;
         };
         let http = remaining_body.is_some();
@@ -1080,6 +1535,35 @@ impl Connection {
         };
         conn.pump_down(upstream, client, &closer_down, http);
         let _ = up.join();
+        conn.record_close();
+    }
+
+    /// Notes a close from outside (idle timeout, shutdown) on the attempt.
+    fn record_close(&self) {
+        match self.state.closed_by.load(Ordering::SeqCst) {
+            CLOSED_IDLE => {
+                let timeout = self.proxy.shared.config.limits.idle_timeout;
+                self.proxy.exceeded("idle_timeout");
+                self.proxy.update(self.index, |a| {
+                    a.limit_exceeded.get_or_insert_with(|| "idle_timeout".into());
+                    a.reason = format!(
+                        "{}; closed: no byte in either direction for {timeout:?} (the idle timeout)",
+                        a.reason
+                    );
+                });
+            }
+            CLOSED_SHUTDOWN => self.proxy.update(self.index, |a| {
+                a.reason = format!("{}; closed: the proxy was shut down", a.reason);
+            }),
+            _ => {}
+        }
+    }
+
+    /// A byte was read or a chunk written: the connection is not idle.
+    fn touch(&self) {
+        self.state
+            .last_activity
+            .store(self.proxy.shared.now_ms(), Ordering::SeqCst);
     }
 
     fn pump_up<S: ClientStream>(
@@ -1116,7 +1600,10 @@ impl Connection {
             };
             let n = match client.read(&mut buf[..want]) {
                 Ok(0) => break,
-                Ok(n) => n,
+                Ok(n) => {
+                    self.touch();
+                    n
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
             };
@@ -1144,7 +1631,10 @@ impl Connection {
         loop {
             let n = match upstream.read(&mut buf) {
                 Ok(0) => break,
-                Ok(n) => n,
+                Ok(n) => {
+                    self.touch();
+                    n
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
             };
@@ -1175,6 +1665,9 @@ impl Connection {
             .write_all(&data[..granted])
             .and_then(|()| to.flush())
             .is_ok();
+        if ok {
+            self.touch();
+        }
         self.proxy.update(self.index, |a| {
             if up {
                 a.bytes_up += granted as u64;
@@ -1233,7 +1726,10 @@ impl Connection {
             }
             match client.read(&mut buf) {
                 Ok(0) => return Ok(()), // Closed: nothing to check.
-                Ok(n) => pending.extend_from_slice(&buf[..n]),
+                Ok(n) => {
+                    self.touch();
+                    pending.extend_from_slice(&buf[..n]);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(format!("reading the TLS ClientHello: {e}")),
             }
@@ -1374,5 +1870,177 @@ mod tests {
         let text = String::from_utf8(out).expect("utf-8");
         assert!(text.starts_with("HTTP/1.1 403 Forbidden\r\n"), "{text}");
         assert!(text.ends_with("\r\n\r\nformicary proxy: a  b\n"), "{text}");
+    }
+
+    /// A listener whose accept blocks until released, then fails with
+    /// `error` every time; counts its calls.
+    struct FakeListener {
+        release: std::sync::mpsc::Receiver<()>,
+        calls: Arc<AtomicU64>,
+        error: io::ErrorKind,
+    }
+
+    // The receiver is used by the serving thread only.
+    impl Listener for FakeListener {
+        type Stream = TcpStream;
+        fn accept_stream(&self) -> io::Result<TcpStream> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let _ = self.release.recv();
+            Err(io::Error::from(self.error))
+        }
+    }
+
+    fn fake(error: io::ErrorKind) -> (FakeListener, std::sync::mpsc::Sender<()>, Arc<AtomicU64>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let calls = Arc::new(AtomicU64::new(0));
+        let listener = FakeListener {
+            release: rx,
+            calls: Arc::clone(&calls),
+            error,
+        };
+        (listener, tx, calls)
+    }
+
+    fn proxy() -> Proxy {
+        Proxy::new(ProxyConfig::new(RuleSet::none()))
+    }
+
+    /// Runs `serve` in a thread; the receiver gets a message when it returns.
+    fn serve_in_thread<L: Listener>(p: &Proxy, listener: L) -> std::sync::mpsc::Receiver<()> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let server = p.clone();
+        thread::spawn(move || {
+            server.serve(listener);
+            let _ = tx.send(());
+        });
+        rx
+    }
+
+    #[test]
+    fn serve_returns_at_once_when_accept_fails_after_stop() {
+        // An error other than EINVAL: without stop it would be retried.
+        let (listener, release, calls) = fake(io::ErrorKind::ConnectionAborted);
+        let p = proxy();
+        let server = p.clone();
+        let done = thread::spawn(move || server.serve(listener));
+        while calls.load(Ordering::SeqCst) == 0 {
+            thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(p.shutdown(Duration::from_secs(1)), 0);
+        drop(release); // The accept fails now, as after shutdown(2).
+        done.join().expect("serve returned");
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "no second accept");
+        // Once stopped, serve returns before accepting.
+        let (listener, _release, calls) = fake(io::ErrorKind::ConnectionAborted);
+        p.serve(listener);
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn serve_returns_when_the_listener_stops_listening() {
+        let (listener, release, calls) = fake(io::ErrorKind::InvalidInput);
+        drop(release);
+        proxy().serve(listener); // EINVAL: returns without stop.
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let (listener, release, calls) = fake(io::ErrorKind::ConnectionAborted);
+        let p = proxy();
+        let server = p.clone();
+        let done = thread::spawn(move || server.serve(listener));
+        drop(release);
+        // Other errors are retried every 10 ms until stopped.
+        thread::sleep(Duration::from_millis(100));
+        p.stop();
+        done.join().expect("serve returned");
+        assert!(calls.load(Ordering::SeqCst) > 2, "retried");
+    }
+
+    #[test]
+    fn stop_and_shutdown_wake_a_blocked_tcp_accept() {
+        for shutdown in [false, true] {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let p = proxy();
+            let done = serve_in_thread(&p, listener);
+            // Wait until serve has registered its waker.
+            while lock(&p.shared.registry).wakers.is_empty() {
+                thread::sleep(Duration::from_millis(1));
+            }
+            let start = Instant::now();
+            if shutdown {
+                p.shutdown(Duration::from_secs(1));
+            } else {
+                p.stop();
+            }
+            done.recv_timeout(Duration::from_secs(2))
+                .expect("serve returned");
+            assert!(
+                start.elapsed() < Duration::from_secs(1),
+                "{:?}",
+                start.elapsed()
+            );
+            assert!(lock(&p.shared.registry).wakers.is_empty());
+            assert!(
+                TcpStream::connect(addr).is_err(),
+                "the listening socket is shut down"
+            );
+        }
+    }
+
+    #[test]
+    fn shutdown_wakes_a_blocked_unix_accept() {
+        let dir =
+            std::env::temp_dir().join(format!("formicary-netproxy-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("wake.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = UnixListener::bind(&path).expect("bind");
+        let p = proxy();
+        let done = serve_in_thread(&p, listener);
+        while lock(&p.shared.registry).wakers.is_empty() {
+            thread::sleep(Duration::from_millis(1));
+        }
+        p.shutdown(Duration::from_secs(1));
+        done.recv_timeout(Duration::from_secs(2))
+            .expect("serve returned");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn connections_after_stop_are_closed_unserved_and_unregistered() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server_side, _) = listener.accept().expect("accept");
+        let p = proxy();
+        p.stop();
+        p.handle_connection(server_side);
+        let mut buf = [0u8; 1];
+        assert_eq!(client.read(&mut buf).expect("EOF"), 0);
+        assert_eq!(p.open_connections(), 0);
+        assert!(p.log().is_empty());
+    }
+
+    #[test]
+    fn a_sealed_log_does_not_change() {
+        let p = proxy();
+        let i = p.record(attempt(
+            Protocol::Http,
+            None,
+            None,
+            80,
+            &Refusal::Denied("x".into()),
+        ));
+        let pending = p.record(Attempt {
+            reason: PENDING.into(),
+            ..p.log()[0].clone()
+        });
+        assert_eq!(p.shutdown(Duration::ZERO), 0);
+        assert_eq!(p.log()[1].reason, NOT_SERVED);
+        p.update(i, |a| a.reason = "changed".into());
+        p.update(pending, |a| a.allowed = true);
+        assert_eq!(p.record(p.log()[0].clone()), None);
+        let log = p.log();
+        assert_eq!(log.len(), 2);
+        assert_eq!(log[0].reason, "x");
+        assert!(!log[1].allowed);
     }
 }

@@ -19,6 +19,10 @@
 //! refused even when a name rule matches, unless an address rule lists the
 //! address or a block inside that special range: `10.0.0.0/8` opens
 //! `10.1.2.3`, but `0.0.0.0/0` does not open `127.0.0.1`.
+//! [`RuleSet::allows_on_host`] then refuses the networks of the proxy's
+//! host ([`crate::addresses::host_networks`]) the same way: on a host in
+//! `192.0.2.0/24`, `pypi.org` resolving to `192.0.2.7` is refused unless
+//! a rule lists `192.0.2.7` (or a block inside `192.0.2.0/24`).
 
 use std::fmt;
 use std::net::IpAddr;
@@ -26,7 +30,7 @@ use std::str::FromStr;
 
 use serde::Serialize;
 
-use crate::addresses::{canonical, classify, Cidr, CidrError};
+use crate::addresses::{canonical, classify, in_networks, AddressClass, Cidr, CidrError, Special};
 
 /// Why a rule or a `--net` value was refused. Each carries the text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -421,8 +425,25 @@ impl RuleSet {
 
     /// Whether the proxy may connect to `addr`:`port` for a client that
     /// asked for `name` (`None` when the client gave an address literal).
-    /// `name` is compared in [`normalize_name`] form.
+    /// `name` is compared in [`normalize_name`] form. The same as
+    /// [`RuleSet::allows_on_host`] with no host networks.
     pub fn allows(&self, name: Option<&str>, addr: IpAddr, port: u16) -> Decision {
+        self.allows_on_host(name, addr, port, &[])
+    }
+
+    /// [`RuleSet::allows`] on a host connected to `host_networks`
+    /// ([`crate::addresses::host_networks`]). A rule must match first;
+    /// then an address of a special class, and after it an address in one
+    /// of `host_networks` (the most specific holding it), is refused
+    /// unless an address rule on that port lists it or a block inside that
+    /// range.
+    pub fn allows_on_host(
+        &self,
+        name: Option<&str>,
+        addr: IpAddr,
+        port: u16,
+        host_networks: &[Cidr],
+    ) -> Decision {
         let addr = canonical(addr);
         let normalized = name.map(|n| n.strip_suffix('.').unwrap_or(n).to_ascii_lowercase());
         let name = normalized.as_deref();
@@ -437,29 +458,40 @@ impl RuleSet {
         else {
             return Decision::deny(format!("no rule allows {dest}"));
         };
-        let Some(special) = classify(addr) else {
-            return Decision::allow(format!("{dest} allowed by rule `{rule}`"));
-        };
-        let exempt = self.rules.iter().find(|r| {
-            r.port_matches(port)
-                && matches!(&r.host, HostPattern::Address(block)
-                    if block.contains(addr) && special.range.contains_block(block))
+        let host_network = in_networks(addr, host_networks).map(|range| Special {
+            class: AddressClass::HostNetwork,
+            range,
         });
-        match exempt {
-            Some(r) => Decision::allow(format!(
-                "{dest} allowed by rule `{r}`, which lists {} explicitly",
-                special.class
-            )),
-            None => {
-                let literal = match addr {
-                    IpAddr::V6(_) => format!("[{addr}]:{port}"),
-                    IpAddr::V4(_) => format!("{addr}:{port}"),
-                };
-                Decision::deny(format!(
-                    "{dest} is {} ({}): refused unless a rule lists that address, e.g. `{literal}`",
-                    special.class, special.range
-                ))
+        // Special classes first, then the host's networks: each must be
+        // opened by an address rule inside its range.
+        let mut opened_by = Vec::new();
+        for special in classify(addr).into_iter().chain(host_network) {
+            let exempt = self.rules.iter().find(|r| {
+                r.port_matches(port)
+                    && matches!(&r.host, HostPattern::Address(block)
+                        if block.contains(addr) && special.range.contains_block(block))
+            });
+            match exempt {
+                Some(r) => opened_by.push(format!("rule `{r}`, which lists {}", special.class)),
+                None => {
+                    let literal = match addr {
+                        IpAddr::V6(_) => format!("[{addr}]:{port}"),
+                        IpAddr::V4(_) => format!("{addr}:{port}"),
+                    };
+                    return Decision::deny(format!(
+                        "{dest} is {} ({}): refused unless a rule lists that address, e.g. `{literal}`",
+                        special.class, special.range
+                    ));
+                }
             }
+        }
+        if opened_by.is_empty() {
+            Decision::allow(format!("{dest} allowed by rule `{rule}`"))
+        } else {
+            Decision::allow(format!(
+                "{dest} allowed by {} explicitly",
+                opened_by.join(", and ")
+            ))
         }
     }
 }
@@ -697,7 +729,7 @@ mod tests {
             "0.0.0.0",
             "224.0.0.1",
             "255.255.255.255",
-            "192.0.2.1",
+            "192.0.0.8",
         ] {
             assert!(!s.allows(Some("internal.test"), ip(a), 8080).allowed, "{a}");
         }
@@ -774,5 +806,113 @@ mod tests {
         assert!(normalize_name("a\0b.org").is_err());
         assert!(normalize_name("127.0.0.1").is_err());
         assert!(normalize_name("xn--bcher-kva.example").is_ok());
+    }
+
+    #[test]
+    fn documentation_and_benchmark_ranges_are_ordinary() {
+        // A test network may put the package registry there.
+        let s = set("pypi.org");
+        for a in [
+            "203.0.113.9",
+            "192.0.2.1",
+            "198.51.100.5",
+            "198.18.0.1",
+            "2001:db8::1",
+            "3fff::1",
+            "2001:2::1",
+        ] {
+            let d = s.allows(Some("pypi.org"), ip(a), 443);
+            assert!(d.allowed, "{a}: {}", d.reason);
+        }
+    }
+
+    #[test]
+    fn host_networks_need_an_address_rule_inside_them() {
+        let host: Vec<Cidr> = ["203.0.113.0/24", "203.0.113.2", "10.0.0.0/24", "fd00::/64"]
+            .iter()
+            .map(|c| c.parse().expect("block"))
+            .collect();
+        let s = set("pypi.org");
+        // Without host networks (ProxyConfig::new): allowed.
+        assert!(s.allows(Some("pypi.org"), ip("203.0.113.9"), 443).allowed);
+        let d = s.allows_on_host(Some("pypi.org"), ip("203.0.113.9"), 443, &host);
+        assert!(!d.allowed);
+        assert!(d.reason.contains("host's own network"), "{}", d.reason);
+        assert!(d.reason.contains("(203.0.113.0/24)"), "{}", d.reason);
+        assert!(d.reason.contains("`203.0.113.9:443`"), "{}", d.reason);
+        // Mapped and NAT64 forms of it too.
+        for a in ["::ffff:203.0.113.9", "64:ff9b::cb00:7109"] {
+            assert!(
+                !s.allows_on_host(Some("pypi.org"), ip(a), 443, &host)
+                    .allowed,
+                "{a}"
+            );
+        }
+        // Outside the host's networks: allowed.
+        assert!(
+            s.allows_on_host(Some("pypi.org"), ip("198.51.100.1"), 443, &host)
+                .allowed
+        );
+        // Opened by the address, or by a block inside the network...
+        let open = set("pypi.org,203.0.113.9");
+        let d = open.allows_on_host(Some("pypi.org"), ip("203.0.113.9"), 443, &host);
+        assert!(d.allowed, "{}", d.reason);
+        assert!(d.reason.contains("host's own network"), "{}", d.reason);
+        let block = set("203.0.113.0/25:443");
+        assert!(
+            block
+                .allows_on_host(None, ip("203.0.113.9"), 443, &host)
+                .allowed
+        );
+        // ...but not by a wider block, nor on another port; and a block for
+        // the network does not open the host's own address inside it.
+        let wide = set("203.0.0.0/16:443");
+        assert!(
+            !wide
+                .allows_on_host(None, ip("203.0.113.9"), 443, &host)
+                .allowed
+        );
+        assert!(
+            !set("pypi.org,203.0.113.9:80")
+                .allows_on_host(Some("pypi.org"), ip("203.0.113.9"), 443, &host)
+                .allowed
+        );
+        let net = set("203.0.113.0/24:443");
+        assert!(
+            net.allows_on_host(None, ip("203.0.113.9"), 443, &host)
+                .allowed
+        );
+        let d = net.allows_on_host(None, ip("203.0.113.2"), 443, &host);
+        assert!(
+            !d.allowed && d.reason.contains("(203.0.113.2/32)"),
+            "{}",
+            d.reason
+        );
+        // After the special classes: a private host network needs a rule
+        // inside both ranges.
+        let private = set("10.0.0.0/8:22");
+        assert!(
+            private
+                .allows_on_host(None, ip("10.1.0.1"), 22, &host)
+                .allowed
+        );
+        let d = private.allows_on_host(None, ip("10.0.0.7"), 22, &host);
+        assert!(
+            !d.allowed && d.reason.contains("(10.0.0.0/24)"),
+            "{}",
+            d.reason
+        );
+        let d = set("10.0.0.7:22").allows_on_host(None, ip("10.0.0.7"), 22, &host);
+        assert!(d.allowed, "{}", d.reason);
+        assert!(
+            d.reason.contains("private") && d.reason.contains("host's own"),
+            "{}",
+            d.reason
+        );
+        let d = set("[fd00::/64]:22").allows_on_host(None, ip("fd00::5"), 22, &host);
+        assert!(d.allowed, "{}", d.reason);
+        // No rule at all still says so first.
+        let d = RuleSet::none().allows_on_host(None, ip("203.0.113.9"), 443, &host);
+        assert!(d.reason.starts_with("no rule allows"), "{}", d.reason);
     }
 }

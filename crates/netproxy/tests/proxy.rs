@@ -17,7 +17,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use formicary_netproxy::sni::build_client_hello;
-use formicary_netproxy::{Attempt, Limits, Protocol, Proxy, ProxyConfig, RuleSet, StaticResolver};
+use formicary_netproxy::{
+    Attempt, Limits, Protocol, Proxy, ProxyConfig, ResolveError, Resolver, RuleSet, StaticResolver,
+};
 
 /// Every refusal must reach the client well within this.
 const FAST: Duration = Duration::from_secs(2);
@@ -105,12 +107,18 @@ fn config(rules: &str, resolve: &str) -> ProxyConfig {
 }
 
 fn start(config: ProxyConfig) -> (Proxy, u16) {
+    let (proxy, port, _) = start_joinable(config);
+    (proxy, port)
+}
+
+/// The same, with the serving thread to join.
+fn start_joinable(config: ProxyConfig) -> (Proxy, u16, thread::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
     let port = listener.local_addr().expect("proxy addr").port();
     let proxy = Proxy::new(config);
     let server = proxy.clone();
-    thread::spawn(move || server.serve(listener));
-    (proxy, port)
+    let handle = thread::spawn(move || server.serve(listener));
+    (proxy, port, handle)
 }
 
 fn connect(port: u16) -> TcpStream {
@@ -250,6 +258,38 @@ fn name_resolving_to_the_metadata_address_is_refused() {
     let (_proxy, port) = start(config("meta.test", "meta.test:169.254.169.254"));
     let (resp, took) = get(port, "http://meta.test/latest/meta-data/");
     assert_refused(&resp, took, "403", "metadata");
+}
+
+#[test]
+fn name_resolving_into_the_hosts_network_is_refused() {
+    let origin = http_server();
+    let p = origin.port;
+    // 127.0.0.0/8 opens the loopback class, but the host network
+    // 127.0.0.0/24 needs a rule inside it.
+    let host = vec!["127.0.0.0/24".parse().expect("block")];
+    let (proxy, port) = start(
+        config(
+            &format!("origin.test:{p},127.0.0.0/8:{p}"),
+            "origin.test:127.0.0.1",
+        )
+        .with_host_networks(host.clone()),
+    );
+    let (resp, took) = get(port, &format!("http://origin.test:{p}/"));
+    assert_refused(&resp, took, "403", "host's own network (127.0.0.0/24)");
+    assert!(resp.contains(&format!("`127.0.0.1:{p}`")), "{resp}");
+    assert_eq!(origin.accepted(), 0, "the origin was never contacted");
+    assert!(!last(&proxy).allowed);
+    // Listing the address opens it.
+    let (proxy, port) = start(
+        config(
+            &format!("origin.test:{p},127.0.0.1:{p}"),
+            "origin.test:127.0.0.1",
+        )
+        .with_host_networks(host),
+    );
+    let (resp, _) = get(port, &format!("http://origin.test:{p}/"));
+    assert!(resp.starts_with("HTTP/1.1 200 OK"), "{resp}");
+    assert!(last(&proxy).reason.contains("host's own network"));
 }
 
 #[test]
@@ -664,4 +704,188 @@ fn ipv6_loopback_needs_its_own_rule() {
     let (_proxy, port) = start(config(&format!("127.0.0.1:{p}"), ""));
     let (_s, head) = connect_tunnel(port, &format!("[::1]:{p}"));
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+}
+
+// ---- shutdown and the idle timeout ----
+
+#[test]
+fn shutdown_closes_every_connection_and_makes_the_log_final() {
+    let echo = echo_server();
+    let p = echo.port;
+    let (proxy, port, server) = start_joinable(config(
+        &format!("origin.test:{p},127.0.0.1:{p}"),
+        "origin.test:127.0.0.1",
+    ));
+    // A CONNECT tunnel and a SOCKS5 tunnel, each with bytes through, kept
+    // open; and a client still sending its request.
+    let (mut tunnel, head) = connect_tunnel(port, &format!("127.0.0.1:{p}"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    tunnel.write_all(b"ping").expect("send");
+    let mut buf = [0u8; 4];
+    tunnel.read_exact(&mut buf).expect("echo");
+    let (mut socks, code) = socks5(port, &domain("origin.test"), p);
+    assert_eq!(code, 0);
+    socks.write_all(b"hello").expect("send");
+    let mut buf = [0u8; 5];
+    socks.read_exact(&mut buf).expect("echo");
+    let mut slow = connect(port);
+    slow.write_all(b"GET http://origin.test/ HT")
+        .expect("partial");
+    while proxy.open_connections() < 3 {
+        thread::sleep(Duration::from_millis(5));
+    }
+
+    let start = Instant::now();
+    assert_eq!(proxy.shutdown(TIMEOUT), 0, "every connection finished");
+    assert!(start.elapsed() < FAST, "{:?}", start.elapsed());
+    assert_eq!(proxy.open_connections(), 0);
+    // The serving thread returns: the listener was shut down.
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(server.join().is_ok());
+    });
+    assert_eq!(rx.recv_timeout(FAST), Ok(true), "serve returned");
+    // Every client sees its connection end at once.
+    for s in [&mut tunnel, &mut socks, &mut slow] {
+        let (_, took) = read_to_end(s);
+        assert!(took < FAST, "{took:?}");
+    }
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "no longer accepting"
+    );
+
+    let log = proxy.log();
+    let stats = proxy.stats();
+    let tunnels: Vec<&Attempt> = log.iter().filter(|a| a.allowed).collect();
+    assert_eq!(tunnels.len(), 2, "{log:?}");
+    assert_eq!((tunnels[0].bytes_up, tunnels[0].bytes_down), (4, 4));
+    assert_eq!((tunnels[1].bytes_up, tunnels[1].bytes_down), (5, 5));
+    for a in &tunnels {
+        assert!(
+            a.reason.ends_with("closed: the proxy was shut down"),
+            "{}",
+            a.reason
+        );
+        assert_eq!(a.limit_exceeded, None);
+    }
+    assert_eq!((stats.bytes_up, stats.bytes_down), (9, 9));
+    let cut = log.iter().find(|a| a.protocol == Protocol::Http);
+    assert!(
+        cut.is_some_and(|a| a.reason.contains("shut down before the request")),
+        "{log:?}"
+    );
+    // Final: nothing changes afterwards.
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(proxy.log(), log);
+    assert_eq!(proxy.stats(), stats);
+}
+
+/// A resolver that takes its time, as a DNS server that does not answer.
+struct SlowResolver(Duration);
+
+impl Resolver for SlowResolver {
+    fn resolve(&self, _name: &str) -> Result<Vec<std::net::IpAddr>, ResolveError> {
+        thread::sleep(self.0);
+        Ok(vec!["127.0.0.1".parse().expect("ip")])
+    }
+}
+
+#[test]
+fn shutdown_reports_a_connection_stuck_resolving_and_logs_it_as_not_served() {
+    let echo = echo_server();
+    let p = echo.port;
+    let config = config(&format!("slow.test:{p},127.0.0.1:{p}"), "")
+        .with_resolver(Arc::new(SlowResolver(Duration::from_millis(600))));
+    let (proxy, port, _server) = start_joinable(config);
+    let (mut s, code) = {
+        let mut s = connect(port);
+        s.write_all(&[5, 1, 0]).expect("greeting");
+        let mut choice = [0u8; 2];
+        s.read_exact(&mut choice).expect("method choice");
+        let mut req = vec![5, 1, 0];
+        req.extend_from_slice(&domain("slow.test"));
+        req.extend_from_slice(&p.to_be_bytes());
+        s.write_all(&req).expect("request");
+        (s, choice[1])
+    };
+    assert_eq!(code, 0);
+    while proxy.log().is_empty() {
+        thread::sleep(Duration::from_millis(5));
+    }
+    let start = Instant::now();
+    assert_eq!(
+        proxy.shutdown(Duration::from_millis(100)),
+        1,
+        "still resolving"
+    );
+    assert!(start.elapsed() < Duration::from_millis(500));
+    let log = proxy.log();
+    assert_eq!(log.len(), 1);
+    assert!(!log[0].allowed);
+    assert!(log[0].reason.starts_with("not served"), "{}", log[0].reason);
+    // The client was closed at once, and the late thread neither connects
+    // nor changes the log.
+    assert!(read_to_end(&mut s).1 < FAST);
+    thread::sleep(Duration::from_millis(800));
+    assert_eq!(proxy.log(), log);
+    assert_eq!(echo.accepted(), 0);
+    assert_eq!(proxy.open_connections(), 0);
+}
+
+#[test]
+fn idle_connections_are_closed_and_recorded() {
+    let echo = echo_server();
+    let p = echo.port;
+    let limits = Limits {
+        idle_timeout: Duration::from_millis(300),
+        ..Limits::default()
+    };
+    let (proxy, port) = start(config(&format!("127.0.0.1:{p}"), "").with_limits(limits));
+    // A busy tunnel: a byte every 100 ms for a second outlives the timeout.
+    let (mut busy, _) = connect_tunnel(port, &format!("127.0.0.1:{p}"));
+    let start = Instant::now();
+    for i in 0..10 {
+        if i > 0 {
+            thread::sleep(Duration::from_millis(100));
+        }
+        busy.write_all(b"x").expect("busy tunnel still open");
+        let mut b = [0u8; 1];
+        busy.read_exact(&mut b).expect("echo");
+    }
+    // Then silent: closed after the timeout.
+    let silent = Instant::now();
+    assert!(start.elapsed() >= Duration::from_millis(900));
+    assert_eq!(last(&proxy).limit_exceeded, None);
+    let (_, _) = read_to_end(&mut busy);
+    let took = silent.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < FAST,
+        "closed after {took:?}"
+    );
+    // Recorded when the connection's threads have finished.
+    wait_until_finished(&proxy);
+    let a = last(&proxy);
+    assert_eq!(a.limit_exceeded.as_deref(), Some("idle_timeout"), "{a:?}");
+    assert!(a.reason.contains("idle timeout"), "{}", a.reason);
+    assert_eq!((a.bytes_up, a.bytes_down), (10, 10));
+    assert_eq!(
+        proxy.stats().limits_exceeded,
+        vec!["idle_timeout".to_string()]
+    );
+    // A new tunnel after the idle thread has ended gets one again.
+    let (mut again, head) = connect_tunnel(port, &format!("127.0.0.1:{p}"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (_, took) = read_to_end(&mut again);
+    assert!(took < FAST, "{took:?}");
+    wait_until_finished(&proxy);
+    assert_eq!(last(&proxy).limit_exceeded.as_deref(), Some("idle_timeout"));
+}
+
+fn wait_until_finished(proxy: &Proxy) {
+    let start = Instant::now();
+    while proxy.open_connections() > 0 {
+        assert!(start.elapsed() < FAST, "connections still open");
+        thread::sleep(Duration::from_millis(5));
+    }
 }
