@@ -29,11 +29,11 @@
 use crate::result::NetworkReport;
 use crate::spec::NetworkSpec;
 use formicary_netproxy::{
-    Limits, Proxy, ProxyConfig, ResolveError, Resolver, RuleError, RuleSet, StaticResolver,
-    SystemResolver,
+    addresses, Limits, Proxy, ProxyConfig, ResolveError, Resolver, RuleError, RuleSet,
+    StaticResolver, SystemResolver,
 };
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -57,8 +57,8 @@ pub enum NetworkError {
     ZeroLimit { what: &'static str },
     #[error("cannot start the network proxy's thread: {0}")]
     Thread(std::io::Error),
-    #[error("cannot keep a handle on the proxy's socket: {0}")]
-    Dup(std::io::Error),
+    #[error("cannot read the host's own networks (/proc/net/route, /proc/net/fib_trie, /proc/net/ipv6_route, /proc/net/if_inet6), which the proxy must refuse: {0}; is /proc mounted?")]
+    HostNetworks(std::io::Error),
 }
 
 /// A run's network, prepared before the sandbox starts.
@@ -70,11 +70,16 @@ pub struct NetworkPlan {
 
 impl NetworkPlan {
     /// The plan for `spec`, or `None` when the run has no network.
+    /// The host's connected subnets and own addresses are read now, for
+    /// this run: the proxy refuses them like private addresses.
     pub fn prepare(spec: &NetworkSpec) -> Result<Option<NetworkPlan>, NetworkError> {
         if !spec.enabled() {
             return Ok(None);
         }
-        NetworkPlan::build(spec).map(Some)
+        let mut plan = NetworkPlan::build(spec)?;
+        let host_networks = addresses::host_networks().map_err(NetworkError::HostNetworks)?;
+        plan.config = plan.config.with_host_networks(host_networks);
+        Ok(Some(plan))
     }
 
     /// Checks every part of `spec` (rules, mappings, limits), whether or
@@ -159,8 +164,6 @@ impl Resolver for TableThenHost {
 /// arrives to [`RunningProxy::finish`].
 pub struct RunningProxy {
     proxy: Proxy,
-    /// A second handle on the listening socket, to wake the accept loop.
-    listener: OwnedFd,
     thread: Option<JoinHandle<()>>,
     allow: Vec<String>,
 }
@@ -169,7 +172,6 @@ impl RunningProxy {
     /// Serves `listener` (a socket listening in the sandbox's namespace)
     /// in a new thread.
     pub fn start(plan: &NetworkPlan, listener: OwnedFd) -> Result<RunningProxy, NetworkError> {
-        let wake = listener.try_clone().map_err(NetworkError::Dup)?;
         let proxy = Proxy::new(plan.config.clone());
         let serving = proxy.clone();
         let socket = std::net::TcpListener::from(listener);
@@ -179,7 +181,6 @@ impl RunningProxy {
             .map_err(NetworkError::Thread)?;
         Ok(RunningProxy {
             proxy,
-            listener: wake,
             thread: Some(thread),
             allow: plan.allow.clone(),
         })
@@ -205,13 +206,13 @@ impl RunningProxy {
         let Some(thread) = self.thread.take() else {
             return;
         };
+        // Stopping shuts the listening socket down, which wakes the
+        // accept loop; then every open connection is shut down and the
+        // log sealed. A connection still resolving or connecting after the
+        // grace period is recorded as not served and connects nowhere.
         self.proxy.stop();
-        // A listening socket shut down makes a blocked accept() fail at
-        // once (EINVAL): the serving thread sees the stop flag and returns.
-        shutdown_socket(&self.listener);
         let _ = thread.join();
-        // TODO(wt-proxy merge): self.proxy.shutdown(SHUTDOWN_GRACE);
-        let _ = SHUTDOWN_GRACE;
+        self.proxy.shutdown(SHUTDOWN_GRACE);
     }
 }
 
@@ -219,11 +220,6 @@ impl Drop for RunningProxy {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn shutdown_socket(fd: &OwnedFd) {
-    // SAFETY: shutdown on a descriptor we own; no memory is involved.
-    unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) };
 }
 
 #[cfg(test)]
