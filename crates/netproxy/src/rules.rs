@@ -153,6 +153,11 @@ impl fmt::Display for Rule {
                 }
             }
         }
+        // Printed as it is written, so that it parses back: no port for the
+        // default ports (only a rule without a port has several ranges).
+        if self.ports == DEFAULT_PORTS {
+            return Ok(());
+        }
         let ports: Vec<String> = self.ports.iter().map(|p| p.to_string()).collect();
         write!(f, ":{}", ports.join(","))
     }
@@ -641,10 +646,9 @@ mod tests {
         assert!(RuleSet::parse_net("none").expect("valid").is_empty());
         let s = RuleSet::parse_net("allow=pypi.org,*.pythonhosted.org:443").expect("valid");
         assert_eq!(s.rules().len(), 2);
-        assert_eq!(
-            s.to_string(),
-            "allow=pypi.org:80,443,*.pythonhosted.org:443"
-        );
+        assert_eq!(s.to_string(), "allow=pypi.org,*.pythonhosted.org:443");
+        // What a rule set prints parses back to the same rules.
+        assert_eq!(RuleSet::parse_net(&s.to_string()).expect("valid"), s);
         assert!(matches!(
             RuleSet::parse_net("pypi.org"),
             Err(RuleError::Flag { .. })

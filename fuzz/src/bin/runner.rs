@@ -155,7 +155,9 @@ fn main() {
     let seconds: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(10);
     let wanted: Vec<String> = args.collect();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    std::panic::set_hook(Box::new(|_| {}));
+    if std::env::var_os("FUZZ_SHOW_PANICS").is_none() {
+        std::panic::set_hook(Box::new(|_| {}));
+    }
     let mut failed = false;
     for (name, target) in formicary_fuzz::TARGETS {
         if !wanted.is_empty() && !wanted.iter().any(|w| w == name) {
