@@ -1,12 +1,15 @@
 //! Helpers shared by the integration tests: run the real `formicary`
 //! binary, parse its `--json` result, compile probe programs, and look at
-//! the host's processes.
+//! the host's processes. [`testnet`] stands up destination hosts for the
+//! network tests.
 //!
 //! Almost every test needs root (the sandbox gets per-run host uids and
 //! cgroups only as root); those start with `require_root!()`, which prints
 //! `SKIP: <reason>` and returns when the tests run unprivileged.
 
 #![allow(dead_code)]
+
+pub mod testnet;
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
