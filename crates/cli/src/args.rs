@@ -118,7 +118,9 @@ fn parse_resolve(text: &str) -> Result<String, String> {
 }
 
 impl NetArgs {
-    /// The run's network: the config file's unless `--net` is given.
+    /// The run's network: the config file's unless `--net` is given. An
+    /// error is a usage error: flags that contradict each other, or that
+    /// would do nothing.
     pub fn resolve(&self, defaults: &NetworkSpec) -> Result<NetworkSpec, String> {
         let mut network = defaults.clone();
         if !self.net.is_empty() {
@@ -142,6 +144,19 @@ impl NetArgs {
         }
         if let Some(v) = self.net_max_connections {
             network.max_connections = v;
+        }
+        if !network.enabled() {
+            let given = [
+                ("--resolve", !self.resolve.is_empty()),
+                ("--net-max-up", self.net_max_up.is_some()),
+                ("--net-max-down", self.net_max_down.is_some()),
+                ("--net-max-connections", self.net_max_connections.is_some()),
+            ];
+            if let Some((flag, _)) = given.iter().find(|(_, set)| *set) {
+                return Err(format!(
+                    "{flag} has no effect without network: add --net allow=RULE[,RULE...]"
+                ));
+            }
         }
         Ok(network)
     }
@@ -372,7 +387,8 @@ pub const MAX_OUT_FILES: u64 = 10_000;
 
 impl ExecArgs {
     /// Builds the engine's spec; reads --stdin.
-    pub fn to_spec(&self, defaults: &Limits, network: &NetworkSpec) -> Result<SandboxSpec, String> {
+    /// `network` is the run's, from [`NetArgs::resolve`].
+    pub fn to_spec(&self, defaults: &Limits, network: NetworkSpec) -> Result<SandboxSpec, String> {
         let (program, args) = self
             .command
             .split_first()
@@ -387,7 +403,7 @@ impl ExecArgs {
         spec.profile = self.io.profile;
         spec.stdin = self.io.read_stdin()?;
         spec.outputs = self.io.outputs(spec.limits.disk_bytes);
-        spec.network = self.net.resolve(network)?;
+        spec.network = network;
         Ok(spec)
     }
 }
@@ -486,7 +502,7 @@ mod tests {
         let e = exec(&["--env", "A=b=c", "--", "sh", "-c", "echo $A"]).expect("valid");
         assert_eq!(e.io.env, vec![("A".to_string(), "b=c".to_string())]);
         let spec = e
-            .to_spec(&Limits::default(), &NetworkSpec::default())
+            .to_spec(&Limits::default(), NetworkSpec::default())
             .expect("spec");
         assert_eq!(spec.program, "sh");
         assert_eq!(spec.args, vec!["-c", "echo $A"]);

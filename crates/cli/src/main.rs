@@ -5,7 +5,7 @@ mod args;
 
 use anyhow::Context;
 use args::{CheckArgs, Cli, Command, ExecArgs, RunArgs, RuntimesArgs};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use formicary_engine::config::EngineConfig;
 use formicary_engine::result::{RunResult, Status};
 use formicary_engine::sandbox::Engine;
@@ -20,6 +20,28 @@ fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<EngineConfig> {
         Some(p) => Ok(EngineConfig::load(p)?),
         None => Ok(EngineConfig::default()),
     }
+}
+
+/// Exits with clap's usage error (exit code 2): flags that contradict each
+/// other or would do nothing, found once the config is known.
+fn usage_error(message: String) -> ! {
+    Cli::command()
+        .error(clap::error::ErrorKind::ArgumentConflict, message)
+        .exit()
+}
+
+/// The run's network from `--net*` flags over the config's `[network]`.
+fn network_of(
+    flags: &args::NetArgs,
+    config: &EngineConfig,
+) -> anyhow::Result<formicary_engine::spec::NetworkSpec> {
+    let network = flags
+        .resolve(&config.network)
+        .unwrap_or_else(|message| usage_error(message));
+    network
+        .validate_limits(&config.network)
+        .map_err(anyhow::Error::msg)?;
+    Ok(network)
 }
 
 fn main() -> ExitCode {
@@ -57,14 +79,12 @@ fn one_line(err: &anyhow::Error) -> String {
 
 fn exec(args: &ExecArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(args.io.config.as_deref())?;
+    let network = network_of(&args.net, &config)?;
     let spec = args
-        .to_spec(&config.defaults, &config.network)
+        .to_spec(&config.defaults, network)
         .map_err(anyhow::Error::msg)?;
     spec.limits
         .validate(&config.max)
-        .map_err(anyhow::Error::msg)?;
-    spec.network
-        .validate_limits(&config.network)
         .map_err(anyhow::Error::msg)?;
     let engine = Engine::new(config).context("cannot start the sandbox engine")?;
     let result = engine.run(&spec);
@@ -154,13 +174,7 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             .validate(&config.max)
             .map_err(|e| anyhow::anyhow!("{}", e.to_string().replacen("--", "--compile-", 1)))?;
     }
-    let network = args
-        .net
-        .resolve(&config.network)
-        .map_err(anyhow::Error::msg)?;
-    network
-        .validate_limits(&config.network)
-        .map_err(anyhow::Error::msg)?;
+    let network = network_of(&args.net, &config)?;
     let request = formicary_lang::CodeRequest {
         language: Some(runtime.name.clone()),
         main: args.main.clone(),

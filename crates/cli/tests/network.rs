@@ -874,8 +874,7 @@ fn net_none_with_net_allow_is_refused() {
         "-c",
         "echo ran",
     ]);
-    assert!(!out.status.success());
-    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(out.status.code(), Some(2), "a usage error");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("ran"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -890,6 +889,28 @@ fn resolve_without_net_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--net"), "{err}");
+}
+
+#[test]
+fn network_flags_that_would_do_nothing_are_usage_errors() {
+    for flags in [
+        &["--net", "none", "--resolve", "web.test:10.0.0.1"][..],
+        &["--net-max-down", "1K"][..],
+        &["--net-max-up", "1K"][..],
+        &["--net", "none", "--net-max-connections", "3"][..],
+    ] {
+        let mut args = vec!["exec"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["--", "sh", "-c", "echo ran"]);
+        let out = formicary(&args);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}");
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("ran"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("has no effect without network"),
+            "{flags:?}: {err}"
+        );
+    }
 }
 
 // --- a real registry -------------------------------------------------------
