@@ -469,7 +469,8 @@ impl RuleSet {
         });
         // Special classes first, then the host's networks: each must be
         // opened by an address rule inside its range.
-        let mut opened_by = Vec::new();
+        // (rule, the classes it opens), one entry per rule.
+        let mut opened_by: Vec<(String, Vec<String>)> = Vec::new();
         for special in classify(addr).into_iter().chain(host_network) {
             let exempt = self.rules.iter().find(|r| {
                 r.port_matches(port)
@@ -477,7 +478,14 @@ impl RuleSet {
                         if block.contains(addr) && special.range.contains_block(block))
             });
             match exempt {
-                Some(r) => opened_by.push(format!("rule `{r}`, which lists {}", special.class)),
+                Some(r) => {
+                    let r = r.to_string();
+                    let class = special.class.to_string();
+                    match opened_by.iter_mut().find(|(seen, _)| *seen == r) {
+                        Some((_, classes)) => classes.push(class),
+                        None => opened_by.push((r, vec![class])),
+                    }
+                }
                 None => {
                     let literal = match addr {
                         IpAddr::V6(_) => format!("[{addr}]:{port}"),
@@ -493,9 +501,13 @@ impl RuleSet {
         if opened_by.is_empty() {
             Decision::allow(format!("{dest} allowed by rule `{rule}`"))
         } else {
+            let opened: Vec<String> = opened_by
+                .iter()
+                .map(|(r, classes)| format!("rule `{r}`, which lists {}", classes.join(" and ")))
+                .collect();
             Decision::allow(format!(
                 "{dest} allowed by {} explicitly",
-                opened_by.join(", and ")
+                opened.join(", and ")
             ))
         }
     }
