@@ -27,6 +27,21 @@ pub enum Command {
     Runtimes(RuntimesArgs),
     /// Report what this host offers and what formicary can enforce here.
     Check(CheckArgs),
+    /// Run many requests (JSON lines on stdin) with sandboxes built ahead; print one result line each
+    Batch(BatchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BatchArgs {
+    /// Requests run at once [default: the number of CPUs]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub jobs: Option<u64>,
+    /// Sandboxes kept built ahead, waiting for requests [default: --jobs]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub warm: Option<u64>,
+    /// Configuration file (TOML); see the README
+    #[arg(long, value_name = "FILE", env = "FORMICARY_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 /// The limit flags, shared by every command that runs something.

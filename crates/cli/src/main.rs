@@ -2,9 +2,10 @@
 //! engine's spec, runs it, and prints the result.
 
 mod args;
+mod batch;
 
 use anyhow::Context;
-use args::{CheckArgs, Cli, Command, ExecArgs, RunArgs, RuntimesArgs};
+use args::{BatchArgs, CheckArgs, Cli, Command, ExecArgs, RunArgs, RuntimesArgs};
 use clap::{CommandFactory, Parser};
 use formicary_engine::config::EngineConfig;
 use formicary_engine::result::{RunResult, Status};
@@ -51,6 +52,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(&args),
         Command::Runtimes(args) => runtimes(&args),
         Command::Check(args) => check(&args),
+        Command::Batch(args) => batch(&args),
     };
     match outcome {
         Ok(code) => code,
@@ -343,6 +345,17 @@ fn print_plain(result: &RunResult) {
     } else if let Some(error) = &result.error {
         eprintln!("formicary: {error}");
     }
+}
+
+fn batch(args: &BatchArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(args.config.as_deref())?;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let jobs = args.jobs.unwrap_or(cpus);
+    let warm = args.warm.unwrap_or(jobs);
+    let stdin = std::io::BufReader::new(std::io::stdin());
+    let stdout = std::io::stdout();
+    batch::run_batch(config, jobs as usize, warm as usize, stdin, stdout)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check(args: &CheckArgs) -> anyhow::Result<ExitCode> {

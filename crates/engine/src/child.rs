@@ -29,7 +29,7 @@ use crate::child_error::{check, check_int, last_errno, ChildFailure};
 use crate::landlock::LandlockPlan;
 use crate::mounts::{MountPlan, SANDBOX_ID};
 use crate::rlimits::RlimitPlan;
-use std::ffi::CString;
+use crate::run_request::{self, RequestHeader};
 use std::os::fd::RawFd;
 
 /// What init tells the supervisor. Fixed size, so sending needs no
@@ -124,19 +124,29 @@ pub enum SeccompStep<'a> {
 /// Most stages one sandbox runs (a compile and a run need two).
 pub const MAX_STAGES: usize = 4;
 
-/// One program to run in the sandbox, prepared by the supervisor.
-pub struct StagePlan<'a> {
-    pub stdin_fd: Option<RawFd>,
-    pub stdout_fd: RawFd,
-    pub stderr_fd: RawFd,
+/// One program to run in the sandbox, as init has it from the run request.
+struct StagePlan<'a> {
+    stdin_fd: Option<RawFd>,
+    stdout_fd: RawFd,
+    stderr_fd: RawFd,
     /// This stage's rlimits, set by pid 2 before its execve (only lower
     /// than init's, which are the highest of all stages).
-    pub rlimits: &'a RlimitPlan,
-    /// Paths to try for the program, in order (PATH lookup done ahead).
-    pub exec_candidates: &'a [CString],
-    /// NULL-terminated argv and envp arrays pointing into owned CStrings.
-    pub argv: &'a [*const libc::c_char],
-    pub envp: &'a [*const libc::c_char],
+    rlimits: &'a RlimitPlan,
+    /// NULL-terminated: paths to try for the program, in order (the PATH
+    /// lookup was done by the supervisor); argv; envp.
+    exec_candidates: *const *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+}
+
+/// Buffers init receives the run request into, reserved by the supervisor
+/// before the clone (init may not allocate). Raw pointers: after the clone
+/// they are init's own copy, which only init writes.
+pub struct RequestBuffers {
+    pub words: *mut u64,
+    pub word_count: usize,
+    pub pointers: *mut *const libc::c_char,
+    pub pointer_count: usize,
 }
 
 /// Everything init needs, prepared by the supervisor before the clone.
@@ -146,14 +156,12 @@ pub struct ChildPlan<'a> {
     /// a rootless user namespace has setgroups denied).
     pub clear_groups: bool,
     pub mounts: &'a MountPlan,
-    pub workdir: &'a CString,
     pub last_cap: u32,
-    /// init's own rlimits: for each limit, the highest any stage has.
-    pub rlimits: &'a RlimitPlan,
     pub landlock: Option<&'a LandlockPlan>,
     pub seccomp: SeccompStep<'a>,
-    /// The programs, run one after the other (1 to MAX_STAGES).
-    pub stages: &'a [StagePlan<'a>],
+    /// Where the run request (working directory, rlimits, the stages:
+    /// 1 to MAX_STAGES programs run one after the other) is received.
+    pub request: RequestBuffers,
     /// pid 2's stack until its execve.
     pub exec_stack: &'a ExecStack,
     /// Where the supervisor's command line lies in memory (from
@@ -384,14 +392,7 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
     // The supervisor's umask is not ours: every mode below is meant as written.
     // SAFETY: umask cannot fail; the child has its own copy of it.
     unsafe { libc::umask(0) };
-    let mut keep = [-1 as RawFd; 2 + 3 * MAX_STAGES];
-    keep[0] = plan.sync_fd;
-    keep[1] = plan.landlock.map_or(-1, |l| l.ruleset_fd());
-    for (i, stage) in plan.stages.iter().take(MAX_STAGES).enumerate() {
-        keep[2 + 3 * i] = stage.stdin_fd.unwrap_or(-1);
-        keep[3 + 3 * i] = stage.stdout_fd;
-        keep[4 + 3 * i] = stage.stderr_fd;
-    }
+    let mut keep = [plan.sync_fd, plan.landlock.map_or(-1, |l| l.ruleset_fd())];
     close_all_but(&mut keep);
     wait_for_go(plan.sync_fd);
 
@@ -447,7 +448,9 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
     )?;
     // SAFETY: our own descriptor.
     unsafe { libc::close(sandbox_dir) };
-    wait_for_go(plan.sync_fd);
+    // The run request is the go-ahead: the inputs are in /sandbox. (A
+    // sandbox built ahead waits here for the request it will serve.)
+    let request = receive_request(plan)?;
 
     // The supervisor has put us in our cgroups by now: make them our root.
     check_int(
@@ -459,7 +462,7 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
     // 6. Working directory.
     check_int(
         // SAFETY: a C string we own.
-        unsafe { libc::chdir(plan.workdir.as_ptr()) },
+        unsafe { libc::chdir(request.workdir) },
         "enter the working directory",
     )?;
 
@@ -467,7 +470,7 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
     // CAP_SETPCAP), then no_new_privs (Landlock and seccomp require it).
     caps::drop_all_in_child(plan.last_cap)?;
     caps::set_no_new_privs_in_child()?;
-    plan.rlimits.apply_in_child()?;
+    request.header.init_rlimits.apply_in_child()?;
     if let Some(landlock) = plan.landlock {
         landlock.apply_in_child()?;
     }
@@ -497,16 +500,189 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
 
     // 7. Each stage's program runs as a child of init; init stays to reap
     // and report, and waits for the go-ahead before each later stage.
-    for (index, stage) in plan.stages.iter().enumerate() {
+    for index in 0..request.header.n_stages as usize {
         if index > 0 {
             wait_for_go(plan.sync_fd);
         }
-        run_stage(plan, index, stage)?;
+        run_stage(plan, index, &request.stage(index))?;
     }
     // Stay until the supervisor is done with the sandbox (it closes the
     // socket): our exit takes the namespaces down.
     wait_for_go(plan.sync_fd);
     Ok(())
+}
+
+/// The run request as init received it.
+struct Request<'a> {
+    header: &'a RequestHeader,
+    pointers: &'a [*const libc::c_char],
+    workdir: *const libc::c_char,
+    /// Each stage's descriptors in order: stdin (if it has one), stdout,
+    /// stderr.
+    fds: [RawFd; 3 * MAX_STAGES],
+}
+
+impl Request<'_> {
+    fn stage(&self, index: usize) -> StagePlan<'_> {
+        let mut at = 0;
+        for i in 0..index {
+            at += 2 + usize::from(self.header.stages[i].has_stdin != 0);
+        }
+        let decoded = run_request::stage(self.header, self.pointers, index);
+        let stdin_fd = if decoded.has_stdin {
+            at += 1;
+            Some(self.fds[at - 1])
+        } else {
+            None
+        };
+        StagePlan {
+            stdin_fd,
+            stdout_fd: self.fds[at],
+            stderr_fd: self.fds[at + 1],
+            rlimits: decoded.rlimits,
+            exec_candidates: decoded.candidates,
+            argv: decoded.argv,
+            envp: decoded.envp,
+        }
+    }
+}
+
+/// Receives the run request: a first packet with the stages' descriptors,
+/// then as many packets as the request's length needs. EOF before it (the
+/// supervisor gave up, or a prepared sandbox was discarded): exit quietly.
+fn receive_request(plan: &ChildPlan<'_>) -> Result<Request<'static>, ChildFailure> {
+    let buffers = &plan.request;
+    // SAFETY: the supervisor reserved these buffers before the clone for
+    // init alone; this process's copy is written only here, and lives as
+    // long as init (hence 'static).
+    let (buf, pointers): (&'static mut [u8], &'static mut [*const libc::c_char]) = unsafe {
+        (
+            std::slice::from_raw_parts_mut(buffers.words.cast::<u8>(), buffers.word_count * 8),
+            std::slice::from_raw_parts_mut(buffers.pointers, buffers.pointer_count),
+        )
+    };
+    let mut fds = [-1 as RawFd; 3 * MAX_STAGES];
+    let first = recv_with_fds(plan.sync_fd, buf, &mut fds)?;
+    // init's 0, 1 and 2 are closed, so received descriptors may land
+    // there, where installing one stage's stdio would overwrite another
+    // stage's descriptor: move them above 2.
+    for fd in fds.iter_mut().filter(|fd| (0..3).contains(*fd)) {
+        let high = check_int(
+            // SAFETY: fcntl on a descriptor we hold.
+            unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 3) },
+            "move a received descriptor",
+        )?;
+        // SAFETY: our own descriptor, now also at `high`.
+        unsafe { libc::close(*fd) };
+        *fd = high;
+    }
+    if first == 0 {
+        // SAFETY: _exit never returns.
+        unsafe { libc::_exit(0) };
+    }
+    if first < 8 {
+        return Err(ChildFailure {
+            step: "receive the run request",
+            errno: libc::EPROTO,
+        });
+    }
+    let total = u64::from_ne_bytes([
+        buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], buf[6], buf[7],
+    ]) as usize;
+    if total > buf.len() || total < first {
+        return Err(ChildFailure {
+            step: "receive the run request",
+            errno: libc::EMSGSIZE,
+        });
+    }
+    let mut received = first;
+    while received < total {
+        // SAFETY: reading into the rest of our buffer.
+        let n = unsafe {
+            libc::read(
+                plan.sync_fd,
+                buf[received..total].as_mut_ptr().cast(),
+                total - received,
+            )
+        };
+        if n == 0 {
+            // SAFETY: _exit never returns.
+            unsafe { libc::_exit(0) };
+        }
+        if n < 0 {
+            let failure = last_errno("receive the run request");
+            if failure.errno == libc::EINTR {
+                continue;
+            }
+            return Err(failure);
+        }
+        received += n as usize;
+    }
+    let buf: &'static [u8] = &buf[..total];
+    let (header, _) = run_request::decode(buf, pointers).map_err(|step| ChildFailure {
+        step,
+        errno: libc::EPROTO,
+    })?;
+    let pointers: &'static [*const libc::c_char] = pointers;
+    Ok(Request {
+        header,
+        pointers,
+        workdir: run_request::workdir(header, buf),
+        fds,
+    })
+}
+
+/// recvmsg of one packet into `buf`, with up to `fds.len()` descriptors.
+fn recv_with_fds(sock: RawFd, buf: &mut [u8], fds: &mut [RawFd]) -> Result<usize, ChildFailure> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // Room for one cmsghdr with 3 * MAX_STAGES descriptors.
+    let mut cmsg_buf = [0u64; 2 + 3 * MAX_STAGES / 2 + 1];
+    // SAFETY: an all-zero msghdr is valid; fields are set below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg_buf.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&cmsg_buf) as _;
+    let n = loop {
+        // SAFETY: msg points to live buffers.
+        let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let failure = last_errno("receive the run request");
+        if failure.errno != libc::EINTR {
+            return Err(failure);
+        }
+    };
+    if msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) != 0 {
+        return Err(ChildFailure {
+            step: "receive the run request",
+            errno: libc::EMSGSIZE,
+        });
+    }
+    let mut count = 0;
+    // SAFETY: the kernel filled msg_control; the CMSG_* macros walk it
+    // within msg_controllen, and each SCM_RIGHTS payload is whole ints.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let bytes = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
+                for i in 0..bytes / std::mem::size_of::<RawFd>() {
+                    if count < fds.len() {
+                        fds[count] = std::ptr::read_unaligned(data.add(i));
+                        count += 1;
+                    }
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok(n)
 }
 
 /// What pid 2's entry point needs: the plan and which stage to run.
@@ -663,9 +839,17 @@ fn exec_program(plan: &ChildPlan<'_>, stage: &StagePlan<'_>) -> ! {
         unsafe { libc::_exit(126) }
     }
     let mut errno = libc::ENOENT;
-    for path in stage.exec_candidates {
+    let mut candidate = stage.exec_candidates;
+    // SAFETY: a NULL-terminated array of NUL-terminated paths (decoded and
+    // checked by run_request::decode), in init's memory, which pid 2 shares.
+    while let Some(path) = unsafe { candidate.as_ref() }
+        .copied()
+        .filter(|p| !p.is_null())
+    {
+        // SAFETY: as above; candidate stays inside the array until its NULL.
+        candidate = unsafe { candidate.add(1) };
         // SAFETY: path, argv and envp are NUL-terminated and live.
-        unsafe { libc::execve(path.as_ptr(), stage.argv.as_ptr(), stage.envp.as_ptr()) };
+        unsafe { libc::execve(path, stage.argv, stage.envp) };
         let e = last_errno("execve").errno;
         // Like execvp: remember a permission error, keep looking on ENOENT.
         if e != libc::ENOENT && e != libc::ENOTDIR {

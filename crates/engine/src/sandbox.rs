@@ -17,7 +17,7 @@
 //! depends on the caller's current directory, umask or signal handlers.
 
 use crate::cgroups::{Cgroup, CgroupLimits, CgroupUsage, HostCgroups};
-use crate::child::{self, ChildPlan, Message, SeccompStep, StagePlan};
+use crate::child::{self, ChildPlan, Message, SeccompStep};
 use crate::config::EngineConfig;
 use crate::idmap::{self, IdAllocator};
 use crate::landlock::{self, LandlockPlan, NetPolicy};
@@ -25,6 +25,7 @@ use crate::mounts::MountPlan;
 use crate::network::{self, NetworkPlan, RunningProxy};
 use crate::result::{classify, IsolationReport, RunResult, Status};
 use crate::rlimits::RlimitPlan;
+use crate::run_request;
 use crate::seccomp::{self, CompiledFilter, DenyMode, Notifier, Policy};
 use crate::spec::{Limits, SandboxSpec};
 use crate::supervisor::{self, Watch};
@@ -178,7 +179,12 @@ impl Engine {
     /// `before` stages, this is the main program's result, or the result of
     /// the stage that failed and stopped the run.
     pub fn run(&self, spec: &SandboxSpec) -> RunResult {
-        let staged = self.run_staged(spec);
+        self.finish_staged(spec, self.run_staged(spec))
+    }
+
+    /// The one result of a staged run: the main program's, or the result
+    /// of the stage that failed and stopped the run.
+    pub fn finish_staged(&self, spec: &SandboxSpec, staged: StagedResult) -> RunResult {
         match staged.main {
             Some(main) => main,
             None => staged
@@ -204,9 +210,16 @@ impl Engine {
     }
 
     fn run_inner(&self, spec: &SandboxSpec) -> Result<StagedResult, String> {
-        let mut profile = Profile::new(spec.profile);
         let stages = stages_of(spec);
-        // 1. Validate.
+        self.validate(spec, &stages)?;
+        let prepared = self.prepare_with(&SandboxShape::of(spec), spec.profile)?;
+        let (staged, teardown) = self.serve(prepared, spec, &stages);
+        Ok(teardown.finish(staged))
+    }
+
+    /// Steps 1 and 2: the request against the maxima, and what this host
+    /// can enforce. Touches nothing on the system.
+    fn validate(&self, spec: &SandboxSpec, stages: &[StageRef<'_>]) -> Result<(), String> {
         if stages.len() > child::MAX_STAGES {
             return Err(format!(
                 "at most {} stages run in one sandbox, {} were given",
@@ -214,7 +227,7 @@ impl Engine {
                 stages.len()
             ));
         }
-        for stage in &stages {
+        for stage in stages {
             stage
                 .limits
                 .validate(&self.config.max)
@@ -244,15 +257,7 @@ impl Engine {
                 ));
             }
         }
-
-        // 2. Enforceability.
-        let mut not_enforced = Vec::new();
-        if self.facts.cgroups.is_none() {
-            not_enforced.push("memory limit (no usable cgroup)".to_string());
-            not_enforced.push("pids limit (no usable cgroup)".to_string());
-            not_enforced
-                .push("cpu-time limit across processes (per-process RLIMIT_CPU only)".to_string());
-        }
+        let not_enforced = self.not_enforced();
         if !not_enforced.is_empty() && !spec.allow_degraded {
             return Err(format!(
                 "cannot enforce on this host: {}. {} Run `formicary check` for details, or pass --allow-degraded to run anyway.",
@@ -264,23 +269,45 @@ impl Engine {
                 }
             ));
         }
-        profile.mark("validate");
+        Ok(())
+    }
 
-        // 3. Prepare. One writable tmpfs serves every stage: it is as large
-        // as the largest disk limit among them.
-        let disk_bytes = stages
-            .iter()
-            .map(|s| s.limits.disk_bytes)
-            .max()
-            .unwrap_or(spec.limits.disk_bytes);
+    /// The limits this host cannot enforce.
+    fn not_enforced(&self) -> Vec<String> {
+        let mut not_enforced = Vec::new();
+        if self.facts.cgroups.is_none() {
+            not_enforced.push("memory limit (no usable cgroup)".to_string());
+            not_enforced.push("pids limit (no usable cgroup)".to_string());
+            not_enforced
+                .push("cpu-time limit across processes (per-process RLIMIT_CPU only)".to_string());
+        }
+        not_enforced
+    }
+
+    /// Builds a sandbox of `shape` up to the point where it waits for its
+    /// run request: namespaces, id maps, cgroup (with the engine's default
+    /// limits until the request sets its own), root filesystem, and the
+    /// network proxy if the shape has network. A sandbox so built serves
+    /// exactly one request ([`Engine::run_prepared`]) and is never reused.
+    pub fn prepare(&self, shape: &SandboxShape) -> Result<PreparedSandbox, String> {
+        self.prepare_with(shape, false)
+    }
+
+    fn prepare_with(
+        &self,
+        shape: &SandboxShape,
+        profile_on: bool,
+    ) -> Result<PreparedSandbox, String> {
+        let mut profile = Profile::new(profile_on);
+        profile.mark("validate");
+        // 3. Prepare what init needs before the clone (it may not
+        // allocate): the mount plan (one writable tmpfs for every stage),
+        // the network plan, Landlock, and the buffers for its run request.
         let mut read_only = self.config.read_only.clone();
-        read_only.extend(spec.extra_read_only.iter().cloned());
-        let mounts = MountPlan::prepare(&read_only, disk_bytes).map_err(|e| e.to_string())?;
-        let network = NetworkPlan::prepare(&spec.network).map_err(|e| e.to_string())?;
-        let (proxy_port, network_env) = match network {
-            Some(_) => (Some(network::PROXY_PORT), network::proxy_environment()),
-            None => (None, Vec::new()),
-        };
+        read_only.extend(shape.extra_read_only.iter().cloned());
+        let mounts = MountPlan::prepare(&read_only, shape.disk_bytes).map_err(|e| e.to_string())?;
+        let network = NetworkPlan::prepare(&shape.network).map_err(|e| e.to_string())?;
+        let proxy_port = network.as_ref().map(|_| network::PROXY_PORT);
         let landlock_plan = match self.facts.landlock_abi {
             Some(abi) => Some(
                 LandlockPlan::prepare(
@@ -294,40 +321,31 @@ impl Engine {
             ),
             None => None,
         };
-        let init_rlimits =
-            RlimitPlan::from_limits(&highest_limits(&stages)).map_err(|e| e.to_string())?;
-        let mut prepared = Vec::with_capacity(stages.len());
-        let mut stage_fds = Vec::with_capacity(stages.len());
-        for stage in &stages {
-            let (p, fds) = PreparedStage::new(stage, &network_env)?;
-            prepared.push(p);
-            stage_fds.push(fds);
-        }
-        let workdir = CString::new(spec.workdir.as_bytes())
-            .map_err(|_| "working directory contains NUL".to_string())?;
         let (sync_parent, sync_child) = crate::sys::seqpacket_pair()
             .map_err(|e| format!("cannot create a socket pair: {e}"))?;
         let fprog = self.filter.as_fprog();
         let exec_stack = child::ExecStack::new();
-        let stage_plans: Vec<StagePlan<'_>> = prepared
-            .iter()
-            .zip(&stage_fds)
-            .map(|(p, fds)| p.plan(fds))
-            .collect();
+        // Zeroed by the allocator: fresh pages, touched only as used.
+        let mut request_words = vec![0u64; run_request::REQUEST_MAX / 8];
+        let mut request_pointers: Vec<*const libc::c_char> =
+            vec![std::ptr::null(); run_request::POINTERS_MAX];
         let plan = ChildPlan {
             sync_fd: sync_child.as_raw_fd(),
             clear_groups: !self.facts.rootless,
             mounts: &mounts,
-            workdir: &workdir,
             last_cap: self.facts.last_cap,
-            rlimits: &init_rlimits,
             landlock: landlock_plan.as_ref(),
             seccomp: if self.facts.user_notif {
                 SeccompStep::Notify(&fprog)
             } else {
                 SeccompStep::Errno(&fprog)
             },
-            stages: &stage_plans,
+            request: child::RequestBuffers {
+                words: request_words.as_mut_ptr(),
+                word_count: request_words.len(),
+                pointers: request_pointers.as_mut_ptr(),
+                pointer_count: request_pointers.len(),
+            },
             exec_stack: &exec_stack,
             arg_area: self.facts.arg_area,
             proxy_port,
@@ -335,7 +353,7 @@ impl Engine {
         profile.mark("prepare the child's plan");
 
         // 4. Ids. (The cgroup is created once the child is cloned, while
-        // it builds its root: see `launch`.)
+        // it builds its root.)
         let host_ids = self.ids.acquire().map_err(|e| e.to_string())?;
         let isolation = IsolationReport {
             namespaces: NAMESPACES.iter().map(|s| s.to_string()).collect(),
@@ -354,68 +372,21 @@ impl Engine {
             host_uid: host_ids.uid,
             host_gid: host_ids.gid,
             rootless: self.facts.rootless,
-            not_enforced,
+            not_enforced: self.not_enforced(),
         };
         profile.mark("lease host ids");
 
-        // 5.-9.
-        let mut cgroup: Option<Box<dyn Cgroup>> = None;
-        let launched = self.launch(
-            spec,
-            &stages,
-            &mut profile,
-            &plan,
-            network.as_ref(),
-            &host_ids,
-            &mut cgroup,
-            sync_parent,
-            sync_child,
-            &mut stage_fds,
-        );
-        let mut staged = launched.unwrap_or_else(|message| StagedResult {
-            before: Vec::new(),
-            main: Some(setup_failure(spec, message)),
-        });
-        if let Some(cg) = cgroup {
-            let _ = cg.destroy();
-        }
-        profile.mark("remove the cgroup");
-        for result in staged.before.iter_mut().chain(staged.main.iter_mut()) {
-            result.isolation = isolation.clone();
-        }
-        if let Some(last) = staged.main.as_mut().or(staged.before.last_mut()) {
-            last.profile = profile.marks;
-        }
-        drop(host_ids);
-        Ok(staged)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn launch(
-        &self,
-        spec: &SandboxSpec,
-        stages: &[StageRef<'_>],
-        profile: &mut Profile,
-        plan: &ChildPlan<'_>,
-        network: Option<&NetworkPlan>,
-        host_ids: &idmap::HostIds,
-        cgroup_slot: &mut Option<Box<dyn Cgroup>>,
-        sync_parent: OwnedFd,
-        sync_child: OwnedFd,
-        stage_fds: &mut [StageFds],
-    ) -> Result<StagedResult, String> {
-        let (pid, pidfd) = clone_sandbox(plan).map_err(|e| {
+        // 5. Clone.
+        let (pid, pidfd) = clone_sandbox(&plan).map_err(|e| {
             format!(
                 "cannot create the sandbox's namespaces: {e}{}",
                 clone_hint(&e)
             )
         })?;
         profile.mark("clone into new namespaces");
-        // The child holds its own copies now.
+        // The child has its own copies of the plan, buffers and
+        // descriptors now.
         drop(sync_child);
-        for fds in stage_fds.iter_mut() {
-            fds.drop_child_ends();
-        }
         let child = ChildGuard {
             pid,
             pidfd,
@@ -424,50 +395,206 @@ impl Engine {
 
         // 6. Maps, then init builds its root while the cgroup is created
         // and init moved into it (two cores' work at once; init enters
-        // its cgroup namespace only after the next go-ahead).
-        idmap::write_maps(pid, host_ids, self.facts.rootless).map_err(|e| e.to_string())?;
+        // its cgroup namespace only after its run request).
+        idmap::write_maps(pid, &host_ids, self.facts.rootless).map_err(|e| e.to_string())?;
         crate::sys::write_all(sync_parent.as_fd(), b"G")
             .map_err(|e| format!("sandbox init died early: {e}"))?;
         profile.mark("write id maps");
+        let mut cgroup = None;
         if let Some(host) = &self.facts.cgroups {
             let name = format!(
                 "{}-{}",
                 std::process::id(),
                 RUN_COUNTER.fetch_add(1, Ordering::Relaxed)
             );
-            let cg = cgroup_slot.insert(
+            let cg = cgroup.insert(
                 host.create(
                     &self.config.cgroup_parent,
                     &name,
-                    &cgroup_limits(stages[0].limits),
+                    &cgroup_limits(&self.config.defaults),
                 )
                 .map_err(|e| e.to_string())?,
             );
             cg.add_process(pid).map_err(|e| e.to_string())?;
         }
-        let cgroup = cgroup_slot.as_deref();
         profile.mark("create the cgroup, move init into it");
         // The proxy's socket comes first, before init builds its root.
-        let proxy = match network {
+        let proxy = match &network {
             Some(plan) => {
                 let socket = expect_proxy_socket(&sync_parent)?;
                 Some(RunningProxy::start(plan, socket).map_err(|e| e.to_string())?)
             }
             None => None,
         };
-
-        // 7. Inputs.
         let sandbox_dir = expect_ready(&sync_parent)?;
         profile.mark("init: mounts and pivot_root");
+        Ok(PreparedSandbox {
+            shape: shape.clone(),
+            teardown: Teardown {
+                child: Some(child),
+                cgroup,
+                host_ids: Some(host_ids),
+            },
+            sync: sync_parent,
+            sandbox_dir,
+            proxy,
+            isolation,
+            profile,
+        })
+    }
+
+    /// Runs `spec` in a sandbox built ahead for its shape. The sandbox is
+    /// used up: a result comes back whatever happens, and the sandbox is
+    /// taken down.
+    pub fn run_prepared(&self, prepared: PreparedSandbox, spec: &SandboxSpec) -> StagedResult {
+        let (staged, teardown) = self.run_prepared_deferred(prepared, spec);
+        teardown.finish(staged)
+    }
+
+    /// As [`Engine::run_prepared`], but the sandbox's teardown (its init's
+    /// exit and reaping, the cgroup's removal, the ids' release) is left
+    /// to the caller, to do off the request's path: the result is complete.
+    pub fn run_prepared_deferred(
+        &self,
+        prepared: PreparedSandbox,
+        spec: &SandboxSpec,
+    ) -> (StagedResult, Teardown) {
+        let stages = stages_of(spec);
+        let mut prepared = prepared;
+        let checked = self.validate(spec, &stages).and_then(|()| {
+            if SandboxShape::of(spec) == prepared.shape {
+                Ok(())
+            } else {
+                Err("this request needs a sandbox of another shape (disk size, read-only paths or network) than the one prepared".to_string())
+            }
+        });
+        if spec.profile && prepared.profile.marks.is_none() {
+            // Built ahead: the run's own steps are what matter.
+            prepared.profile = Profile::new(true);
+        }
+        match checked {
+            Ok(()) => self.serve(prepared, spec, &stages),
+            Err(message) => (
+                StagedResult {
+                    before: Vec::new(),
+                    main: Some(setup_failure(spec, message)),
+                },
+                std::mem::take(&mut prepared.teardown),
+            ),
+        }
+    }
+
+    /// Steps 7 to 9: inputs, the run request, each stage, outputs.
+    fn serve(
+        &self,
+        prepared: PreparedSandbox,
+        spec: &SandboxSpec,
+        stages: &[StageRef<'_>],
+    ) -> (StagedResult, Teardown) {
+        let PreparedSandbox {
+            shape: _,
+            mut teardown,
+            sync,
+            sandbox_dir,
+            proxy,
+            isolation,
+            mut profile,
+        } = prepared;
+        let result = self.serve_inner(
+            spec,
+            stages,
+            &mut teardown,
+            sync,
+            sandbox_dir,
+            proxy,
+            &mut profile,
+        );
+        let mut staged = match result {
+            Ok(staged) => staged,
+            Err(message) => StagedResult {
+                before: Vec::new(),
+                main: Some(setup_failure(spec, message)),
+            },
+        };
+        for result in staged.before.iter_mut().chain(staged.main.iter_mut()) {
+            result.isolation = isolation.clone();
+        }
+        if let Some(last) = staged.main.as_mut().or(staged.before.last_mut()) {
+            last.profile = profile.marks;
+        }
+        (staged, teardown)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn serve_inner(
+        &self,
+        spec: &SandboxSpec,
+        stages: &[StageRef<'_>],
+        teardown: &mut Teardown,
+        sync: OwnedFd,
+        sandbox_dir: OwnedFd,
+        proxy: Option<RunningProxy>,
+        profile: &mut Profile,
+    ) -> Result<StagedResult, String> {
+        let host_ids = teardown
+            .host_ids
+            .as_ref()
+            .ok_or("the prepared sandbox has no host ids")?;
         let (uid, gid) = (host_ids.uid, host_ids.gid);
+        let cgroup = teardown.cgroup.as_deref();
+        let child = teardown
+            .child
+            .as_ref()
+            .ok_or("the prepared sandbox has no init")?;
+
+        // 7. Inputs, and the stages' plans.
         crate::workspace::copy_in(sandbox_dir.as_fd(), &spec.files, &spec.inline_files, &|f| {
             crate::sys::with_fs_ids(uid, gid, f)
         })
         .map_err(|e| e.to_string())?;
         profile.mark("copy inputs in");
+        let network_env = match &proxy {
+            Some(_) => network::proxy_environment(),
+            None => Vec::new(),
+        };
+        let mut prepared = Vec::with_capacity(stages.len());
+        let mut stage_fds = Vec::with_capacity(stages.len());
+        for stage in stages {
+            let (p, fds) = PreparedStage::new(stage, &network_env)?;
+            prepared.push(p);
+            stage_fds.push(fds);
+        }
+        if let Some(cg) = cgroup {
+            if *stages[0].limits != self.config.defaults {
+                cg.update_limits(&cgroup_limits(stages[0].limits))
+                    .map_err(|e| format!("cannot apply the run's limits to its cgroup: {e}"))?;
+            }
+        }
+        let workdir = CString::new(spec.workdir.as_bytes())
+            .map_err(|_| "working directory contains NUL".to_string())?;
+        let init_rlimits =
+            RlimitPlan::from_limits(&highest_limits(stages)).map_err(|e| e.to_string())?;
+        let requests: Vec<run_request::StageRequest<'_>> = prepared
+            .iter()
+            .zip(&stage_fds)
+            .map(|(p, fds)| p.request(fds.stdin.is_some()))
+            .collect();
+        let request =
+            run_request::encode(&workdir, &init_rlimits, &requests).map_err(|e| e.to_string())?;
+        let mut fds = Vec::with_capacity(3 * stages.len());
+        for f in &stage_fds {
+            fds.extend(f.child_ends());
+        }
+        send_request(&sync, run_request::as_bytes(&request), &fds)?;
+        // init holds its own copies now.
+        for f in stage_fds.iter_mut() {
+            f.drop_child_ends();
+        }
+        profile.mark("send the run request");
 
         // 8. Each stage: release it, supervise it, read what it did.
-        let mut sync_open = Some(sync_parent);
+        let pid = child.pid;
+        let mut sync_open = Some(sync);
         let mut results = Vec::with_capacity(stages.len());
         let mut notifier: Option<Notifier> = None;
         let mut answered = 0u64;
@@ -492,22 +619,21 @@ impl Engine {
             let sync_fd = sync_open
                 .as_ref()
                 .ok_or("the sandbox's init was released too early")?;
-            crate::sys::write_all(sync_fd.as_fd(), b"G")
-                .map_err(|e| format!("the sandbox's init is gone: {e}"))?;
             if index == 0 {
-                // The listener arrives just before the first program starts.
+                // The run request was the go-ahead; the seccomp listener
+                // arrives just before the first program starts.
                 notifier = expect_listener(sync_fd, self.facts.user_notif)?.map(Notifier::new);
                 profile.mark("init: privileges, Landlock, seccomp");
+            } else {
+                crate::sys::write_all(sync_fd.as_fd(), b"G")
+                    .map_err(|e| format!("the sandbox's init is gone: {e}"))?;
             }
             let (stdout_r, stderr_r) = stage_fds[index].take_readers()?;
-            let sync = sync_open
-                .as_ref()
-                .ok_or("the sandbox's init was released too early")?;
             let started = Instant::now();
             let started_wall = wall_clock_now();
             let outcome = supervisor::supervise(
                 Watch {
-                    sync: sync.as_fd(),
+                    sync: sync_fd.as_fd(),
                     stdout: stdout_r,
                     stderr: stderr_r,
                     init_pidfd: child.pidfd.as_fd(),
@@ -545,14 +671,11 @@ impl Engine {
                 break;
             }
         }
-
         // 9. Let init go (its exit takes the namespaces down), if a failed
-        // stage has not already, and reap it.
+        // stage has not already. Every process of the sandbox is gone or
+        // going: its connections are closed, and the proxy's log is
+        // complete once the proxy has stopped.
         drop(sync_open);
-        let _ = child.reap();
-        profile.mark("reap init");
-        // Every process of the sandbox is gone: its connections are closed
-        // or closing, and the log is complete once the proxy has stopped.
         if let Some(proxy) = proxy {
             let report = proxy.finish();
             if let Some(last) = results.last_mut() {
@@ -726,6 +849,16 @@ pub struct StagedResult {
     pub main: Option<RunResult>,
 }
 
+impl StagedResult {
+    /// No result at all (for a teardown with nothing to report).
+    pub fn empty() -> StagedResult {
+        StagedResult {
+            before: Vec::new(),
+            main: None,
+        }
+    }
+}
+
 /// One program of a staged run, borrowed from the spec.
 struct StageRef<'s> {
     program: &'s str,
@@ -823,22 +956,30 @@ impl PreparedStage {
         ))
     }
 
-    fn plan<'a>(&'a self, fds: &StageFds) -> StagePlan<'a> {
-        let raw = |fd: &Option<OwnedFd>| fd.as_ref().map_or(-1, |f| f.as_raw_fd());
-        StagePlan {
-            stdin_fd: fds.stdin.as_ref().map(|f| f.as_raw_fd()),
-            stdout_fd: raw(&fds.stdout_w),
-            stderr_fd: raw(&fds.stderr_w),
-            rlimits: &self.rlimits,
-            exec_candidates: &self.exec.candidates,
-            argv: &self.exec.argv_ptrs,
-            envp: &self.exec.envp_ptrs,
+    fn request(&self, has_stdin: bool) -> run_request::StageRequest<'_> {
+        run_request::StageRequest {
+            rlimits: self.rlimits.clone(),
+            has_stdin,
+            argv: &self.exec.argv,
+            envp: &self.exec.envp,
+            candidates: &self.exec.candidates,
         }
     }
 }
 
 impl StageFds {
-    /// After the clone, the supervisor keeps only the read ends.
+    /// The descriptors init gets for this stage, in the run request's
+    /// order: stdin (if any), stdout, stderr.
+    fn child_ends(&self) -> Vec<libc::c_int> {
+        self.stdin
+            .iter()
+            .chain(self.stdout_w.iter())
+            .chain(self.stderr_w.iter())
+            .map(|f| f.as_raw_fd())
+            .collect()
+    }
+
+    /// Once init has its copies, the supervisor keeps only the read ends.
     fn drop_child_ends(&mut self) {
         self.stdin = None;
         self.stdout_w = None;
@@ -882,6 +1023,131 @@ fn clone_hint(e: &std::io::Error) -> &'static str {
             " (user namespaces may be disabled: check kernel.unprivileged_userns_clone, user.max_user_namespaces and AppArmor's restrict_unprivileged_userns; `formicary check` tells)"
         }
         _ => "",
+    }
+}
+
+/// Sends the run request: its first packet with the stages' descriptors,
+/// the rest in packets a socket buffer always holds.
+fn send_request(sync: &OwnedFd, bytes: &[u8], fds: &[libc::c_int]) -> Result<(), String> {
+    const PACKET: usize = 64 * 1024;
+    let gone =
+        |e: std::io::Error| format!("cannot send the run request to the sandbox's init: {e}");
+    let mut chunks = bytes.chunks(PACKET);
+    let first = chunks.next().unwrap_or(&[]);
+    crate::sys::send_with_fds(sync.as_fd(), first, fds).map_err(gone)?;
+    for chunk in chunks {
+        crate::sys::send_with_fds(sync.as_fd(), chunk, &[]).map_err(gone)?;
+    }
+    Ok(())
+}
+
+/// What a sandbox is built for before any request: the parts of a spec
+/// that shape the sandbox itself rather than a run in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxShape {
+    /// Size of the one writable tmpfs (/sandbox, /tmp, /dev/shm): the
+    /// largest disk limit of the spec's stages.
+    pub disk_bytes: u64,
+    pub extra_read_only: Vec<crate::spec::ReadOnlyPath>,
+    pub network: crate::spec::NetworkSpec,
+}
+
+impl SandboxShape {
+    /// The shape `spec` needs.
+    pub fn of(spec: &SandboxSpec) -> SandboxShape {
+        SandboxShape {
+            disk_bytes: stages_of(spec)
+                .iter()
+                .map(|s| s.limits.disk_bytes)
+                .max()
+                .unwrap_or(spec.limits.disk_bytes),
+            extra_read_only: spec.extra_read_only.clone(),
+            network: spec.network.clone(),
+        }
+    }
+
+    /// The shape of a single-stage request with `limits`, no extra
+    /// read-only path and no network: what a pool keeps ready.
+    pub fn plain(limits: &Limits) -> SandboxShape {
+        SandboxShape {
+            disk_bytes: limits.disk_bytes,
+            extra_read_only: Vec::new(),
+            network: crate::spec::NetworkSpec::default(),
+        }
+    }
+}
+
+/// A sandbox built ahead of its request ([`Engine::prepare`]): fresh
+/// namespaces, root filesystem and cgroup, its init waiting for one run
+/// request. Dropping it takes it down unused.
+pub struct PreparedSandbox {
+    shape: SandboxShape,
+    teardown: Teardown,
+    sync: OwnedFd,
+    sandbox_dir: OwnedFd,
+    proxy: Option<RunningProxy>,
+    isolation: IsolationReport,
+    profile: Profile,
+}
+
+impl PreparedSandbox {
+    /// What the sandbox was built for.
+    pub fn shape(&self) -> &SandboxShape {
+        &self.shape
+    }
+}
+
+/// What is left of a sandbox once its result is complete: its init (which
+/// exits once its socket is closed), its cgroup and its host ids.
+/// [`Teardown::finish`] takes them down; dropping does the same.
+#[derive(Default)]
+pub struct Teardown {
+    child: Option<ChildGuard>,
+    cgroup: Option<Box<dyn Cgroup>>,
+    host_ids: Option<idmap::HostIds>,
+}
+
+impl Teardown {
+    /// Reaps init (its exit takes the namespaces down), removes the
+    /// cgroup and releases the ids; `staged` is returned, with these
+    /// steps added to its profile when it has one.
+    pub fn finish(mut self, mut staged: StagedResult) -> StagedResult {
+        let began = Instant::now();
+        let last = staged.main.as_mut().or(staged.before.last_mut());
+        let mut marks = last.and_then(|r| r.profile.as_mut());
+        let base = marks.as_ref().and_then(|m| m.last()).map_or(0, |(_, t)| *t);
+        let mut mark = |step: &str| {
+            if let Some(m) = marks.as_mut() {
+                m.push((step.to_string(), base + began.elapsed().as_micros() as u64));
+            }
+        };
+        self.take_down(&mut mark);
+        staged
+    }
+
+    fn take_down(&mut self, mark: &mut dyn FnMut(&str)) {
+        if let Some(child) = self.child.take() {
+            let _ = child.reap();
+            mark("reap init");
+        }
+        if let Some(cg) = self.cgroup.take() {
+            let _ = cg.destroy();
+            mark("remove the cgroup");
+        }
+        self.host_ids = None;
+    }
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        // A ChildGuard kills init when dropped unreaped; then the cgroup
+        // can go.
+        if let Some(child) = self.child.take() {
+            drop(child);
+        }
+        if let Some(cg) = self.cgroup.take() {
+            let _ = cg.destroy();
+        }
     }
 }
 
@@ -959,10 +1225,8 @@ fn expect_listener(sync: &OwnedFd, user_notif: bool) -> Result<Option<OwnedFd>, 
 /// NULL-terminated pointer arrays execve takes.
 struct ExecPlan {
     candidates: Vec<CString>,
-    _argv: Vec<CString>,
-    _envp: Vec<CString>,
-    argv_ptrs: Vec<*const libc::c_char>,
-    envp_ptrs: Vec<*const libc::c_char>,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
 }
 
 /// The environment every program starts with, before `--env` additions.
@@ -1011,16 +1275,10 @@ impl ExecPlan {
                 CString::new(format!("{k}={v}")).map_err(|_| nul("an environment variable"))
             })
             .collect::<Result<_, _>>()?;
-        let mut argv_ptrs: Vec<_> = argv.iter().map(|c| c.as_ptr()).collect();
-        argv_ptrs.push(std::ptr::null());
-        let mut envp_ptrs: Vec<_> = envp.iter().map(|c| c.as_ptr()).collect();
-        envp_ptrs.push(std::ptr::null());
         Ok(ExecPlan {
             candidates,
-            _argv: argv,
-            _envp: envp,
-            argv_ptrs,
-            envp_ptrs,
+            argv,
+            envp,
         })
     }
 }

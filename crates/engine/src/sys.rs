@@ -130,6 +130,55 @@ pub fn recv_with_fd(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, 
     Ok((n, received))
 }
 
+/// Sends one packet of `bytes` on a `SOCK_SEQPACKET` socket, with `fds`
+/// attached (`SCM_RIGHTS`; at most 16).
+pub fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    const MAX_FDS: usize = 16;
+    if fds.len() > MAX_FDS {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let mut iov = libc::iovec {
+        iov_base: bytes.as_ptr() as *mut libc::c_void,
+        iov_len: bytes.len(),
+    };
+    // Room for one cmsghdr with MAX_FDS descriptors, 8-byte aligned.
+    let mut cmsg_buf = [0u64; 2 + MAX_FDS / 2];
+    // SAFETY: an all-zero msghdr is valid; its fields are filled below.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        let data_len = std::mem::size_of_val(fds) as libc::c_uint;
+        msg.msg_control = cmsg_buf.as_mut_ptr().cast();
+        // SAFETY: pure computation on a length.
+        msg.msg_controllen = unsafe { libc::CMSG_SPACE(data_len) } as _;
+        // SAFETY: the control buffer holds CMSG_SPACE(16 fds) bytes, enough
+        // for one header and `fds`; CMSG_FIRSTHDR is non-null for it.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(data_len) as _;
+            std::ptr::copy_nonoverlapping(
+                fds.as_ptr(),
+                libc::CMSG_DATA(cmsg).cast::<RawFd>(),
+                fds.len(),
+            );
+        }
+    }
+    loop {
+        // SAFETY: msg points to live buffers for the duration of the call.
+        let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
 /// Writes all of `bytes` to `fd`.
 pub fn write_all(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
     let mut done = 0;

@@ -1,0 +1,90 @@
+//! `formicary batch`: JSON lines in, one result line per request out,
+//! through sandboxes built ahead.
+
+mod common;
+
+use common::BIN;
+use serde_json::Value;
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+fn batch(args: &[&str], input: &str) -> (i32, Vec<Value>, String) {
+    let mut child = Command::new(BIN)
+        .arg("batch")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start formicary batch");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write requests");
+    let out = child.wait_with_output().expect("wait for formicary batch");
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    (
+        out.status.code().unwrap_or(-1),
+        lines,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn by_id<'a>(lines: &'a [Value], id: &Value) -> &'a Value {
+    lines
+        .iter()
+        .find(|l| &l["id"] == id)
+        .unwrap_or_else(|| panic!("no result for id {id}: {lines:?}"))
+}
+
+#[test]
+fn every_request_line_gets_its_own_result_line() {
+    require_root!();
+    let mut input = String::new();
+    for i in 0..20 {
+        input.push_str(&format!(
+            "{{\"id\": {i}, \"command\": [\"sh\", \"-c\", \"cat; echo $N; cat in.txt\"], \"stdin\": \"s{i} \", \"env\": {{\"N\": \"n{i}\"}}, \"files\": {{\"in.txt\": \"f{i}\"}}}}\n"
+        ));
+    }
+    input.push_str("{\"id\": \"mem\", \"command\": [\"python3\", \"-c\", \"x = bytearray(200 << 20)\"], \"limits\": {\"memory\": \"48M\"}}\n");
+    input.push_str("\n{\"id\": \"bad\", \"command\": [\"true\"], \"bogus\": 1}\n");
+    input.push_str(
+        "{\"id\": \"toobig\", \"command\": [\"true\"], \"limits\": {\"memory\": \"1T\"}}\n",
+    );
+    let (code, lines, stderr) = batch(&["--jobs", "3", "--warm", "2"], &input);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(lines.len(), 23, "{lines:?}");
+    for i in 0..20 {
+        let line = by_id(&lines, &Value::from(i));
+        assert_eq!(line["status"], "ok", "{line}");
+        assert_eq!(line["stdout"], format!("s{i} n{i}\nf{i}"), "{line}");
+        assert!(line["latency_us"].as_u64().is_some_and(|l| l > 0), "{line}");
+    }
+    let mem = by_id(&lines, &Value::from("mem"));
+    assert_eq!(mem["status"], "memory_exceeded", "{mem}");
+    assert_eq!(mem["limits"]["memory_bytes"], 48u64 << 20);
+    let bad = by_id(&lines, &Value::from("bad"));
+    assert_eq!(bad["status"], "setup_error");
+    assert!(
+        bad["error"].as_str().is_some_and(|e| e.contains("bogus")),
+        "{bad}"
+    );
+    let big = by_id(&lines, &Value::from("toobig"));
+    assert_eq!(big["status"], "setup_error");
+    assert!(
+        big["error"].as_str().is_some_and(|e| e.contains("maximum")),
+        "{big}"
+    );
+}
+
+#[test]
+fn zero_jobs_is_a_usage_error() {
+    let (code, lines, stderr) = batch(&["--jobs", "0"], "");
+    assert_eq!(code, 2, "{stderr}");
+    assert!(lines.is_empty());
+}

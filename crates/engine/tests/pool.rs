@@ -1,0 +1,211 @@
+//! The fast path: `SandboxPool` and `Engine::prepare`/`run_prepared`. Every
+//! request must get a sandbox no other request touched, with its own
+//! limits, and nothing may be left once the pool is gone. Needs root (CI
+//! runs as root); prints SKIP otherwise.
+
+use formicary_engine::config::EngineConfig;
+use formicary_engine::pool::SandboxPool;
+use formicary_engine::result::{LimitKind, Status};
+use formicary_engine::sandbox::{Engine, SandboxShape};
+use formicary_engine::spec::{InlineFile, Limits, SandboxSpec, Stage};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The tests count this process's children and cgroups: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn is_root() -> bool {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            println!("SKIP: needs root for cgroups");
+            return;
+        }
+    };
+}
+
+fn sh(script: &str) -> SandboxSpec {
+    SandboxSpec::new("/bin/sh", vec!["-c".into(), script.into()])
+}
+
+/// This process's children (the sandboxes' inits).
+fn children() -> usize {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .expect("list /proc")
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("stat"))
+                .ok()
+                .and_then(|s| {
+                    let after = &s[s.rfind(')')? + 2..];
+                    after.split_whitespace().nth(1).map(|ppid| ppid == me)
+                })
+                .unwrap_or(false)
+        })
+        .count()
+}
+
+/// This process's cgroups under the default parent, in every v1 hierarchy
+/// and the v2 tree.
+fn own_cgroups() -> usize {
+    let prefix = format!("{}-", std::process::id());
+    ["memory", "pids", "cpuacct", "unified", ""]
+        .iter()
+        .map(|h| PathBuf::from("/sys/fs/cgroup").join(h).join("formicary"))
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flat_map(|d| d.filter_map(|e| e.ok()))
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .count()
+}
+
+fn wait_until(what: &str, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn pooled_requests_never_see_each_other() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_root!();
+    let engine = Arc::new(Engine::new(EngineConfig::default()).expect("engine"));
+    let pool = SandboxPool::new(Arc::clone(&engine), 2).expect("pool");
+    wait_until("the pool is warm", || pool.ready() == 2);
+    let mut uids = std::collections::HashSet::new();
+    for i in 0..12 {
+        // Each request leaves traces everywhere it may write, and a
+        // process behind; the next must find none of them.
+        let spec = sh(&format!(
+            "find /sandbox /tmp /dev/shm -mindepth 1 | wc -l; ps -e -o pid= | wc -l; \
+             echo {i} > /sandbox/mark; echo {i} > /tmp/mark; echo {i} > /dev/shm/mark; \
+             (sleep 30 &)"
+        ));
+        let result = pool.run(&spec);
+        assert_eq!(result.status, Status::Ok, "{result:?}");
+        let counts: Vec<&str> = result.stdout.lines().map(str::trim).collect();
+        // No file of an earlier request, and only init, sh, ps and wc.
+        assert_eq!(
+            counts,
+            ["0", "4"],
+            "request {i} found traces of another request"
+        );
+        uids.insert(result.isolation.host_uid);
+    }
+    // Host uids are leased per sandbox: a few sandboxes at a time, at
+    // least two distinct (ready and in use), never shared while alive.
+    assert!(uids.len() >= 2, "{uids:?}");
+    drop(pool);
+    assert_eq!(children(), 0, "inits left behind");
+    assert_eq!(own_cgroups(), 0, "cgroups left behind");
+}
+
+#[test]
+fn a_pooled_sandbox_takes_the_requests_own_limits() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_root!();
+    let engine = Arc::new(Engine::new(EngineConfig::default()).expect("engine"));
+    let pool = SandboxPool::new(Arc::clone(&engine), 1).expect("pool");
+    wait_until("the pool is warm", || pool.ready() == 1);
+    // Built with the default limits (256M, 64 pids); this request asks
+    // for less, within the same shape (same disk size).
+    let mut spec = SandboxSpec::new(
+        "python3",
+        vec![
+            "-c".into(),
+            "x = bytearray(100 << 20); print(len(x))".into(),
+        ],
+    );
+    spec.limits.memory_bytes = 48 << 20;
+    assert_eq!(SandboxShape::of(&spec), *pool.shape());
+    let result = pool.run(&spec);
+    assert_eq!(result.status, Status::MemoryExceeded, "{result:?}");
+    assert_eq!(result.limits.memory_bytes, 48 << 20);
+    wait_until("the pool is warm again", || pool.ready() == 1);
+    let mut spec = sh("for i in 1 2 3 4 5 6; do sleep 1 & done; wait");
+    spec.limits.pids = 3;
+    let result = pool.run(&spec);
+    assert!(result.limits_hit.contains(&LimitKind::Pids), "{result:?}");
+    wait_until("the pool is warm again", || pool.ready() == 1);
+    let mut spec = sh("while :; do :; done");
+    spec.limits.wall_time_ms = 300;
+    let result = pool.run(&spec);
+    assert_eq!(result.status, Status::Timeout, "{result:?}");
+}
+
+#[test]
+fn requests_of_another_shape_run_the_ordinary_way() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_root!();
+    let engine = Arc::new(Engine::new(EngineConfig::default()).expect("engine"));
+    let pool = SandboxPool::new(Arc::clone(&engine), 1).expect("pool");
+    wait_until("the pool is warm", || pool.ready() == 1);
+    // Another disk size: another tmpfs, so not from the pool.
+    let mut spec = sh("df -k /sandbox | tail -1 | awk '{print $2}'");
+    spec.limits.disk_bytes = 2 << 20;
+    assert_ne!(SandboxShape::of(&spec), *pool.shape());
+    let result = pool.run(&spec);
+    assert_eq!(result.status, Status::Ok, "{result:?}");
+    assert_eq!(result.stdout.trim(), "2048");
+    assert_eq!(pool.ready(), 1, "the ready sandbox was not used");
+    // A staged request of the pool's shape uses it: compile, then run.
+    let mut spec = SandboxSpec::new("/sandbox/hello", vec![]);
+    spec.inline_files.push(InlineFile {
+        sandbox_path: "hello.c".into(),
+        content: b"#include <stdio.h>\nint main(void){puts(\"hi\");return 0;}\n".to_vec(),
+        executable: false,
+    });
+    spec.before.push(Stage {
+        program: "gcc".into(),
+        args: vec!["-o".into(), "hello".into(), "hello.c".into()],
+        env: Vec::new(),
+        stdin: Vec::new(),
+        limits: Limits {
+            memory_bytes: 512 << 20,
+            pids: 128,
+            ..Limits::default()
+        },
+    });
+    let staged = pool.run_staged(&spec);
+    assert_eq!(staged.before.len(), 1);
+    assert_eq!(staged.before[0].status, Status::Ok, "{staged:?}");
+    let main = staged.main.expect("the program ran");
+    assert_eq!(main.stdout, "hi\n");
+}
+
+#[test]
+fn a_prepared_sandbox_refuses_a_request_of_another_shape_and_is_not_reused() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_root!();
+    let engine = Engine::new(EngineConfig::default()).expect("engine");
+    let prepared = engine
+        .prepare(&SandboxShape::plain(&Limits::default()))
+        .expect("prepared");
+    let mut spec = sh("true");
+    spec.limits.disk_bytes = 1 << 20;
+    let result = engine.finish_staged(&spec, engine.run_prepared(prepared, &spec));
+    assert_eq!(result.status, Status::SetupError);
+    assert!(
+        result
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("another shape"),
+        "{result:?}"
+    );
+    // Unused prepared sandboxes are taken down when dropped.
+    let prepared = engine
+        .prepare(&SandboxShape::plain(&Limits::default()))
+        .expect("prepared");
+    assert_eq!(children(), 1);
+    drop(prepared);
+    assert_eq!(children(), 0, "an unused prepared sandbox's init is gone");
+    assert_eq!(own_cgroups(), 0);
+}
