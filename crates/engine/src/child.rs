@@ -389,6 +389,15 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
             }
         }
     }
+    // init's memory is a copy of the supervisor's, which may serve other
+    // requests (a pool, a server): never dumpable, so that no process of
+    // the sandbox can read it through /proc/1/mem, maps or environ. (A
+    // change of uid below would clear it too; this does not rely on that.)
+    check_int(
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) },
+        "make init not dumpable",
+    )?;
     // The supervisor's umask is not ours: every mode below is meant as written.
     // SAFETY: umask cannot fail; the child has its own copy of it.
     unsafe { libc::umask(0) };

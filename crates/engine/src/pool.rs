@@ -101,8 +101,10 @@ impl SandboxPool {
         if SandboxShape::of(spec) != self.shape {
             return self.engine.run_staged(spec);
         }
+        // The builder is woken once the request is done, not now: building
+        // a sandbox takes kernel locks (mounts, cgroups) that the request's
+        // own setup needs too.
         let prepared = self.shared.lock().ready.pop_front();
-        self.shared.wake.notify_all();
         let Some(prepared) = prepared else {
             return self.engine.run_staged(spec);
         };

@@ -72,6 +72,47 @@ pub struct Engine {
     policy: &'static Policy,
     filter: CompiledFilter,
     ids: IdAllocator,
+    child_memory: ChildMemory,
+}
+
+/// Memory that each sandbox's init uses as its own: the buffers its run
+/// request is received into, and pid 2's stack. Reserved once per engine
+/// and never touched by the supervisor: every clone gets a private
+/// (copy-on-write) copy, of which init touches only the pages it uses. So
+/// no run allocates or frees it, which in a multithreaded supervisor would
+/// cost page-table locks and TLB shootdowns on every core.
+struct ChildMemory {
+    request_words: Vec<u64>,
+    pointers: Vec<*const libc::c_char>,
+    exec_stack: child::ExecStack,
+}
+
+// SAFETY: the raw pointers in `pointers` are never dereferenced by the
+// supervisor (the vector is only ever written by cloned children, in their
+// own copies), so sharing the engine between threads cannot race on them.
+unsafe impl Send for ChildMemory {}
+// SAFETY: as above: the supervisor neither reads nor writes this memory.
+unsafe impl Sync for ChildMemory {}
+
+impl ChildMemory {
+    fn new() -> ChildMemory {
+        ChildMemory {
+            // Zeroed by the allocator: fresh pages, never touched here.
+            request_words: vec![0u64; run_request::REQUEST_MAX / 8],
+            pointers: vec![std::ptr::null(); run_request::POINTERS_MAX],
+            exec_stack: child::ExecStack::new(),
+        }
+    }
+
+    fn request_buffers(&self) -> child::RequestBuffers {
+        child::RequestBuffers {
+            // Only the child writes through these, into its own copy.
+            words: self.request_words.as_ptr().cast_mut(),
+            word_count: self.request_words.len(),
+            pointers: self.pointers.as_ptr().cast_mut(),
+            pointer_count: self.pointers.len(),
+        }
+    }
 }
 
 /// Numbers this process's runs, for unique cgroup names across every
@@ -163,6 +204,7 @@ impl Engine {
             policy,
             filter,
             ids,
+            child_memory: ChildMemory::new(),
         })
     }
 
@@ -324,11 +366,6 @@ impl Engine {
         let (sync_parent, sync_child) = crate::sys::seqpacket_pair()
             .map_err(|e| format!("cannot create a socket pair: {e}"))?;
         let fprog = self.filter.as_fprog();
-        let exec_stack = child::ExecStack::new();
-        // Zeroed by the allocator: fresh pages, touched only as used.
-        let mut request_words = vec![0u64; run_request::REQUEST_MAX / 8];
-        let mut request_pointers: Vec<*const libc::c_char> =
-            vec![std::ptr::null(); run_request::POINTERS_MAX];
         let plan = ChildPlan {
             sync_fd: sync_child.as_raw_fd(),
             clear_groups: !self.facts.rootless,
@@ -340,13 +377,8 @@ impl Engine {
             } else {
                 SeccompStep::Errno(&fprog)
             },
-            request: child::RequestBuffers {
-                words: request_words.as_mut_ptr(),
-                word_count: request_words.len(),
-                pointers: request_pointers.as_mut_ptr(),
-                pointer_count: request_pointers.len(),
-            },
-            exec_stack: &exec_stack,
+            request: self.child_memory.request_buffers(),
+            exec_stack: &self.child_memory.exec_stack,
             arg_area: self.facts.arg_area,
             proxy_port,
         };
