@@ -22,6 +22,8 @@ use std::path::{Component, Path, PathBuf};
 /// pivot_root moves the tmpfs off it at once (so host paths under /tmp can
 /// still be bound).
 const BUILD_ROOT: &CStr = c"/tmp";
+/// `BUILD_ROOT` as a path.
+const BUILD_ROOT_PATH: &str = "/tmp";
 /// Where the host's root stays reachable while the new root is assembled
 /// (the binds take their sources from it); detached before the seal.
 const OLD_ROOT: &str = "/.oldroot";
@@ -417,10 +419,12 @@ impl MountPlan {
         }
 
         // The writable tmpfs: one filesystem, so one size limit covers
-        // /sandbox, /tmp and /dev/shm together. It is staged on the /proc
-        // mount point (an existing, still empty directory), its parts bound
-        // into place, and the staging mount detached before /proc arrives.
-        let stage = Builder::at(Path::new("/proc"));
+        // /sandbox, /tmp and /dev/shm together. It is staged under the old
+        // root, on the directory the root tmpfs was built on (mountable:
+        // it just was), and its parts bound into place. The staging mount
+        // goes away with the old root: one detach, and so one wait for the
+        // kernel's RCU grace period, instead of two.
+        let stage = Builder::host(Path::new(BUILD_ROOT_PATH));
         let inodes = (disk_bytes / 1024).clamp(1024, 1 << 20);
         b.ops.push(MountOp::Tmpfs {
             target: cstring(&stage)?,
@@ -451,9 +455,6 @@ impl MountPlan {
                 target: cstring(&Builder::at(Path::new(inside)))?,
             });
         }
-        b.ops.push(MountOp::Detach {
-            target: cstring(&stage)?,
-        });
 
         // /proc, then the masks over it.
         b.ops.push(MountOp::Proc {
@@ -470,9 +471,9 @@ impl MountPlan {
             });
         }
 
-        // The host's root goes away; only what was bound stays. (Not
-        // earlier: the kernel mounts a new /proc only where a full one is
-        // visible.)
+        // The host's root goes away, with the writable tmpfs's staging
+        // mount on it; only what was bound stays. (Not earlier: the kernel
+        // mounts a new /proc only where a full one is visible.)
         b.ops.push(MountOp::Detach {
             target: cstr(OLD_ROOT),
         });
@@ -791,7 +792,7 @@ fn apply_op(op: &MountOp) -> Result<(), ChildFailure> {
             check_int(
                 // SAFETY: valid C string.
                 unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) },
-                "detach the writable staging mount",
+                "detach the old root",
             )?;
         }
     }
@@ -857,12 +858,24 @@ mod tests {
                 .any(|p| p.starts_with("MaskFile") && p.contains(masked)));
         }
         // No writable bind of a host path: every BindWritable source is in
-        // the staging tmpfs (mounted on the /proc mount point).
+        // the staging tmpfs, mounted (as a Tmpfs op) on the old root's /tmp.
+        assert!(plan.ops().iter().any(|op| matches!(op,
+            MountOp::Tmpfs { target, .. } if target.to_bytes() == b"/.oldroot/tmp")));
         for op in plan.ops() {
             if let MountOp::BindWritable { source, .. } = op {
-                assert!(source.to_bytes().starts_with(b"/proc/"), "{source:?}");
+                assert!(
+                    source.to_bytes().starts_with(b"/.oldroot/tmp/"),
+                    "{source:?}"
+                );
             }
         }
+        // One detach only: the old root, and the staging mount with it.
+        let detaches = plan
+            .ops()
+            .iter()
+            .filter(|op| matches!(op, MountOp::Detach { .. }))
+            .count();
+        assert_eq!(detaches, 1);
         // Each directory is created once.
         let mkdirs: Vec<_> = plan
             .ops()
