@@ -21,8 +21,8 @@
 //! 6. for each stage (a compile, then a run; or just a run): its stdio, its
 //!    program (vfork-style: new session, fds above 2 closed, the stage's
 //!    rlimits, execve), reap until it exits, kill and reap whatever it left,
-//!    report; between stages wait for the go-ahead. init's exit at the end
-//!    takes the namespaces down.
+//!    report; between stages wait for the go-ahead. init exits as soon as
+//!    the last stage is reported, and its exit takes the namespaces down.
 
 use crate::caps;
 use crate::child_error::{check, check_int, last_errno, ChildFailure};
@@ -235,9 +235,9 @@ pub fn run_init(plan: &ChildPlan<'_>) -> ! {
         // SAFETY: _exit never returns.
         unsafe { libc::_exit(1) };
     }
-    // setup_and_start only returns Ok in a path that already exited.
+    // Every stage has run and been reported.
     // SAFETY: _exit never returns.
-    unsafe { libc::_exit(1) }
+    unsafe { libc::_exit(0) }
 }
 
 fn set_ids(clear_groups: bool) -> Result<(), ChildFailure> {
@@ -515,9 +515,10 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
         }
         run_stage(plan, index, &request.stage(index))?;
     }
-    // Stay until the supervisor is done with the sandbox (it closes the
-    // socket): our exit takes the namespaces down.
-    wait_for_go(plan.sync_fd);
+    // After the last stage nothing of the sandbox runs any more: exit now,
+    // so that the kernel takes the namespaces down while the supervisor
+    // reads the results, instead of after. The supervisor holds /sandbox
+    // open, which keeps that tmpfs readable for copying outputs out.
     Ok(())
 }
 
