@@ -229,7 +229,7 @@ impl HostCgroups {
     /// Looks at this host's `/proc/self/mountinfo` and `/proc/self/cgroup`.
     pub fn detect() -> Result<HostCgroups, CgroupError> {
         let read = |p: &str| {
-            std::fs::read_to_string(p).map_err(|source| CgroupError::ReadProc {
+            crate::sys::read_small_file(p).map_err(|source| CgroupError::ReadProc {
                 path: PathBuf::from(p),
                 source,
             })
@@ -262,7 +262,7 @@ impl HostCgroups {
             let mount = under_root(&m.mount_point);
             if m.v2 {
                 let controllers: Vec<String> =
-                    std::fs::read_to_string(mount.join("cgroup.controllers"))
+                    crate::sys::read_small_file(mount.join("cgroup.controllers"))
                         .map(|t| t.split_whitespace().map(str::to_string).collect())
                         .unwrap_or_default();
                 let usable = V2_NEEDED.iter().all(|c| controllers.iter().any(|x| x == c));
@@ -382,6 +382,17 @@ impl HostCgroups {
                 }
             })
             .map(|o| o.path.clone())
+    }
+
+    /// Whether this process can create sandbox cgroups: a version is usable
+    /// and every hierarchy it uses is writable (`report().can_create`,
+    /// without looking at the hierarchies sandboxes do not use).
+    pub fn can_create(&self) -> bool {
+        match self.version {
+            Some(CgroupVersion::V2) => self.v2.as_ref().is_some_and(|(m, _)| writable(m)),
+            Some(CgroupVersion::V1) => self.v1_used().iter().all(|h| writable(&h.mount)),
+            None => false,
+        }
     }
 
     /// Describes what the host offers. Checks write access with
@@ -816,6 +827,14 @@ impl StatFile {
             }
         };
         Ok(self.file.get_or_init(|| opened))
+    }
+
+    /// Opens the file now, if it can be, so that the first read is one
+    /// `pread`: a cgroup is created while the sandbox's init builds its
+    /// root, and the baseline read just after it is on the critical path.
+    /// A failure is left for the first read to report.
+    fn preopen(&self) {
+        let _ = self.open();
     }
 
     /// Reads the whole file into `buf` and returns it as text, with the path

@@ -170,6 +170,21 @@ fn host_without_cgroups_has_no_version_and_create_says_why() {
     assert!(text.contains("no cgroup2 mount"), "{text}");
     assert!(text.contains("memory pids cpuacct"), "{text}");
     assert!(!host.report().can_create);
+    assert!(!host.can_create());
+}
+
+#[test]
+fn can_create_agrees_with_the_report() {
+    for (mountinfo, own, controllers) in [
+        (PURE_V2, "0::/user.slice/x.scope\n", "memory pids\n"),
+        (HYBRID, HYBRID_SELF, "hugetlb\n"),
+        (COMOUNTED, "", "\n"),
+        (NO_CGROUPS, "", ""),
+    ] {
+        let root = fake_root();
+        let (host, _) = fake_host(root.path(), mountinfo, own, controllers);
+        assert_eq!(host.can_create(), host.report().can_create, "{mountinfo}");
+    }
 }
 
 #[test]

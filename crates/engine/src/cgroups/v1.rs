@@ -116,6 +116,14 @@ impl V1Cgroup {
             }
             return Err(e);
         }
+        for f in [
+            &cg.cpuacct_usage,
+            &cg.memory_max_usage,
+            &cg.memory_oom_control,
+            &cg.pids_events,
+        ] {
+            f.preopen();
+        }
         Ok(cg)
     }
 

@@ -71,10 +71,20 @@ impl V2Cgroup {
                 source,
             })
         }) {
-            Ok(fd) => Ok(V2Cgroup {
-                dir_fd: Some(fd),
-                ..cg
-            }),
+            Ok(fd) => {
+                for f in [
+                    &cg.cpu_stat,
+                    &cg.memory_peak,
+                    &cg.memory_events,
+                    &cg.pids_events,
+                ] {
+                    f.preopen();
+                }
+                Ok(V2Cgroup {
+                    dir_fd: Some(fd),
+                    ..cg
+                })
+            }
             Err(e) => {
                 // Nothing runs in it yet: removing it cannot be busy.
                 let _ = cg.fs.remove_cgroup_dir(&cg.dir);
