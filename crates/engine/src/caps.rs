@@ -53,11 +53,12 @@ pub enum CapsError {
 
 /// The highest capability number the running kernel knows. Parent side.
 pub fn last_cap() -> Result<u32, CapsError> {
-    let text =
-        std::fs::read_to_string(CAP_LAST_CAP_PATH).map_err(|source| CapsError::ReadLastCap {
+    let text = crate::sys::read_small_file(CAP_LAST_CAP_PATH).map_err(|source| {
+        CapsError::ReadLastCap {
             path: CAP_LAST_CAP_PATH,
             source,
-        })?;
+        }
+    })?;
     parse_last_cap(&text)
 }
 

@@ -178,9 +178,7 @@ impl Engine {
         let filter = policy.compile(seccomp::Arch::native(), mode)?;
         // Only a cgroup tree this process may create children in counts
         // (rootless without delegation sees the tree but cannot use it).
-        let cgroups = HostCgroups::detect()
-            .ok()
-            .filter(|h| h.version().is_some() && h.report().can_create);
+        let cgroups = HostCgroups::detect().ok().filter(|h| h.can_create());
         let facts = HostFacts {
             rootless,
             cgroups,
@@ -1030,7 +1028,7 @@ impl StageFds {
 /// and 49 of /proc/self/stat (after the parenthesised command name, which
 /// may itself hold spaces).
 fn own_arg_area() -> Option<(usize, usize)> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let stat = crate::sys::read_small_file("/proc/self/stat").ok()?;
     let after_name = &stat[stat.rfind(')')? + 1..];
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     // after_name starts at field 3 (state).

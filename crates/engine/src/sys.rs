@@ -23,6 +23,17 @@ fn cvt_long(ret: libc::c_long) -> io::Result<libc::c_long> {
     }
 }
 
+/// Reads a small file whole, as text. Files in /proc and cgroupfs report
+/// a size of 0, so `std::fs::read_to_string` reads them in growing chunks
+/// from 32 bytes (eight reads for a 1 KiB `/proc/self/mountinfo`, each
+/// regenerating its part); this reads into 16 KiB at once (two reads).
+pub fn read_small_file(path: impl AsRef<std::path::Path>) -> io::Result<String> {
+    use std::io::Read;
+    let mut bytes = Vec::with_capacity(16 * 1024);
+    std::fs::File::open(path)?.read_to_end(&mut bytes)?;
+    String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
 /// A pipe: (read end, write end), both close-on-exec.
 pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];
