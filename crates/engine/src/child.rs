@@ -9,10 +9,13 @@
 //!
 //! The order of steps (each one's reason is next to it):
 //! 1. die with the supervisor (PDEATHSIG), close every descriptor inherited
-//!    by accident (other threads' sandboxes), wait until uid/gid maps are written;
-//! 2. become the sandbox user (uid/gid 1000, no supplementary groups) while
-//!    keeping the user namespace's capabilities for setup;
-//! 3. hostname, then the filesystem: mounts, pivot_root, read-only root;
+//!    by accident (other threads' sandboxes);
+//! 2. at once on two cores: a helper waits until the uid/gid maps are
+//!    written, becomes the sandbox user and builds the filesystem (mounts,
+//!    pivot_root, read-only root), while init makes the network namespace,
+//!    brings up its loopback interface and sets the hostname;
+//! 3. init becomes the sandbox user (uid/gid 1000, no supplementary groups)
+//!    while keeping the user namespace's capabilities for setup;
 //! 4. hand /sandbox to the supervisor, which copies the inputs in (and has
 //!    meanwhile moved init into its cgroups), then a new cgroup namespace;
 //! 5. stdio, working directory, then privileges: capabilities dropped,
@@ -129,7 +132,7 @@ struct StagePlan<'a> {
     stdin_fd: Option<RawFd>,
     stdout_fd: RawFd,
     stderr_fd: RawFd,
-    /// This stage's rlimits, set by pid 2 before its execve (only lower
+    /// This stage's rlimits, set by its program before the execve (only lower
     /// than init's, which are the highest of all stages).
     rlimits: &'a RlimitPlan,
     /// NULL-terminated: paths to try for the program, in order (the PATH
@@ -162,7 +165,7 @@ pub struct ChildPlan<'a> {
     /// Where the run request (working directory, rlimits, the stages:
     /// 1 to MAX_STAGES programs run one after the other) is received.
     pub request: RequestBuffers,
-    /// pid 2's stack until its execve.
+    /// The root builder's stack, then each program's until its execve.
     pub exec_stack: &'a ExecStack,
     /// Where the supervisor's command line lies in memory (from
     /// /proc/self/stat): init blanks its copy, so the program cannot read
@@ -366,6 +369,84 @@ fn bring_up_loopback() -> Result<(), ChildFailure> {
     Ok(())
 }
 
+/// Starts the helper that builds the sandbox's root while init goes on:
+/// it waits for the go-ahead, becomes the sandbox user and runs
+/// `MountPlan::apply_in_child`. It shares init's memory (`CLONE_VM`, so no
+/// page tables are copied) and runs on the `ExecStack`, which no program
+/// uses yet; it shares init's mount namespace, so the mounts and the
+/// `pivot_root` it makes are init's (the kernel moves init's root to the
+/// new one with its own). Its credentials are its own. On failure it
+/// reports the failed step to the supervisor itself and exits non-zero.
+/// (It also shares init's `errno`: only the message of a failure in both
+/// at once could be wrong.)
+fn start_root_builder(plan: &ChildPlan<'_>) -> Result<libc::pid_t, ChildFailure> {
+    let stack_top = plan.exec_stack.as_ptr_range().end as *mut libc::c_void;
+    check_int(
+        // SAFETY: `stack_top` ends a live buffer reserved for a child's
+        // stack (16-byte aligned) that nothing else uses until the builder
+        // has been reaped; `plan` outlives the builder, which init reaps
+        // before returning from setup (or init's exit kills it).
+        unsafe {
+            libc::clone(
+                build_root,
+                stack_top,
+                libc::CLONE_VM | libc::SIGCHLD,
+                plan as *const ChildPlan<'_> as *mut libc::c_void,
+            )
+        },
+        "start building the root",
+    )
+}
+
+/// clone(2)'s entry point for the root builder: its return value is its
+/// exit status.
+extern "C" fn build_root(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `&ChildPlan` init passed to clone, alive until
+    // init has reaped this process.
+    let plan = unsafe { &*(arg as *const ChildPlan<'_>) };
+    // The id maps are written once the go-ahead comes (EOF: the supervisor
+    // is gone, and this exits). Files created while building the root must
+    // belong to a mapped id.
+    wait_for_go(plan.sync_fd);
+    match set_ids(plan.clear_groups).and_then(|()| plan.mounts.apply_in_child()) {
+        Ok(()) => 0,
+        Err(failure) => {
+            let _ = send(
+                plan.sync_fd,
+                &Message::failure(Message::FAILED, failure),
+                None,
+            );
+            1
+        }
+    }
+}
+
+/// Reaps the root builder; an error unless it built the whole root. (A
+/// builder that failed has already reported the step, which the supervisor
+/// reads first.)
+fn wait_for_root_builder(builder: libc::pid_t) -> Result<(), ChildFailure> {
+    let mut status = 0;
+    loop {
+        // SAFETY: a pointer to a local.
+        let pid = unsafe { libc::wait4(builder, &mut status, libc::__WALL, std::ptr::null_mut()) };
+        if pid >= 0 {
+            break;
+        }
+        let failure = last_errno("wait for the root to be built");
+        if failure.errno != libc::EINTR {
+            return Err(failure);
+        }
+    }
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+        Ok(())
+    } else {
+        Err(ChildFailure {
+            step: "build the root",
+            errno: libc::EIO,
+        })
+    }
+}
+
 fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
     // 1. Die with the supervisor. (If it is already gone, the read below
     // sees EOF and we exit.)
@@ -403,22 +484,20 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
     unsafe { libc::umask(0) };
     let mut keep = [plan.sync_fd, plan.landlock.map_or(-1, |l| l.ruleset_fd())];
     close_all_but(&mut keep);
-    wait_for_go(plan.sync_fd);
 
-    // 3. Files created during setup must belong to a mapped id. The user
-    // namespace's capabilities survive this (uid 0 is not mapped in it, so
-    // the kernel's setuid capability fix-up does not apply).
-    set_ids(plan.clear_groups)?;
-    // Changing the effective uid cleared the parent-death signal: set it
-    // again. If the supervisor died meanwhile, the next wait sees EOF.
+    // 2.-4. The filesystem, the network namespace and its loopback
+    // interface (the namespace's only one, down until set up), and the
+    // hostname. Each of the root and the network namespace takes a few
+    // hundred microseconds of the kernel's time, so they are made at once
+    // on two cores: a helper (pid 2) waits for the go-ahead
+    // (the id maps are written), becomes the sandbox user and builds the
+    // root, while init makes the network namespace, which needs no id map.
+    let builder = start_root_builder(plan)?;
     check_int(
-        // SAFETY: prctl with integer arguments.
-        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) },
-        "set the parent-death signal",
+        // SAFETY: unshare with a constant flag.
+        unsafe { libc::unshare(libc::CLONE_NEWNET) },
+        "create the network namespace",
     )?;
-
-    // 4. Names, the loopback interface (the network namespace's only one,
-    // down until set up), and the filesystem.
     bring_up_loopback()?;
     if let Some(port) = plan.proxy_port {
         // Before the sandbox's own code runs, so the port is the proxy's.
@@ -437,7 +516,20 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
         unsafe { libc::sethostname(c"sandbox".as_ptr(), 7) },
         "set the hostname",
     )?;
-    plan.mounts.apply_in_child()?;
+    // The builder has had the go-ahead, so the id maps exist.
+    wait_for_root_builder(builder)?;
+
+    // Files init creates must belong to a mapped id too. The user
+    // namespace's capabilities survive this (uid 0 is not mapped in it, so
+    // the kernel's setuid capability fix-up does not apply).
+    set_ids(plan.clear_groups)?;
+    // Changing the effective uid cleared the parent-death signal: set it
+    // again. If the supervisor died meanwhile, the next wait sees EOF.
+    check_int(
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) },
+        "set the parent-death signal",
+    )?;
 
     // 5. Hand /sandbox to the supervisor and wait while it copies inputs.
     let sandbox_dir = check_int(
@@ -695,13 +787,13 @@ fn recv_with_fds(sock: RawFd, buf: &mut [u8], fds: &mut [RawFd]) -> Result<usize
     Ok(n)
 }
 
-/// What pid 2's entry point needs: the plan and which stage to run.
+/// What a program's entry point needs: the plan and which stage to run.
 struct Launch<'p, 'a> {
     plan: &'p ChildPlan<'a>,
     stage: &'p StagePlan<'a>,
 }
 
-/// Runs one stage: its standard streams, its program (pid 2 the first
+/// Runs one stage: its standard streams, its program (pid 3 the first
 /// time), its end, and then nothing of it left: init kills every other
 /// process of the sandbox and reaps them before reporting, so the next
 /// stage starts alone and the supervisor sees EOF on the stage's pipes.
@@ -791,9 +883,10 @@ fn install_stdio(fds: [RawFd; 3]) -> Result<(), ChildFailure> {
     Ok(())
 }
 
-/// The stack pid 2 runs on until its execve: reserved by the supervisor
+/// The stack the root builder runs on, and then each program until its
+/// execve: reserved by the supervisor
 /// before the clone, since init may not allocate. Zeroed by the allocator
-/// (calloc: fresh pages, touched only as pid 2 uses them).
+/// (calloc: fresh pages, touched only as they are used).
 pub struct ExecStack(Vec<u128>);
 
 impl ExecStack {
@@ -813,7 +906,7 @@ impl Default for ExecStack {
     }
 }
 
-/// clone(2)'s entry point for pid 2.
+/// clone(2)'s entry point for a stage's program.
 extern "C" fn exec_trampoline(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY: `arg` is the `&Launch` init passed to clone, alive and
     // unchanged while init waits for this child's execve.
@@ -821,7 +914,7 @@ extern "C" fn exec_trampoline(arg: *mut libc::c_void) -> libc::c_int {
     exec_program(launch.plan, launch.stage)
 }
 
-/// pid 2: a new session, nothing inherited but stdio, then execve.
+/// A stage's program: a new session, nothing inherited but stdio, then execve.
 fn exec_program(plan: &ChildPlan<'_>, stage: &StagePlan<'_>) -> ! {
     // SAFETY: setsid, umask and close_range take no pointers. CLOSE_RANGE_CLOEXEC
     // keeps the sync socket usable for reporting an exec failure, while
@@ -851,7 +944,7 @@ fn exec_program(plan: &ChildPlan<'_>, stage: &StagePlan<'_>) -> ! {
     let mut errno = libc::ENOENT;
     let mut candidate = stage.exec_candidates;
     // SAFETY: a NULL-terminated array of NUL-terminated paths (decoded and
-    // checked by run_request::decode), in init's memory, which pid 2 shares.
+    // checked by run_request::decode), in init's memory, which the program shares until its execve.
     while let Some(path) = unsafe { candidate.as_ref() }
         .copied()
         .filter(|p| !p.is_null())

@@ -1314,6 +1314,8 @@ impl ExecPlan {
 }
 
 /// clone3 into new namespaces; the child runs init and never returns.
+/// Not the network namespace: init makes that one itself, while a helper
+/// builds its root (see `child.rs`), rather than here before either starts.
 fn clone_sandbox(plan: &ChildPlan<'_>) -> std::io::Result<(libc::pid_t, OwnedFd)> {
     #[repr(C)]
     #[derive(Default)]
@@ -1335,7 +1337,6 @@ fn clone_sandbox(plan: &ChildPlan<'_>) -> std::io::Result<(libc::pid_t, OwnedFd)
         flags: (libc::CLONE_NEWUSER
             | libc::CLONE_NEWNS
             | libc::CLONE_NEWPID
-            | libc::CLONE_NEWNET
             | libc::CLONE_NEWIPC
             | libc::CLONE_NEWUTS
             | libc::CLONE_PIDFD) as u64,
