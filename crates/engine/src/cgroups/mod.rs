@@ -609,6 +609,14 @@ impl HostCgroups {
 /// The child directories of `dir` whose names are valid sandbox names and
 /// stale. A missing `dir` has none.
 fn stale_children(dir: &Path, is_stale: &dyn Fn(&str) -> bool) -> Result<Vec<String>, CgroupError> {
+    // A directory's link count is 2 plus its subdirectories (cgroupfs
+    // keeps it so, as do ordinary filesystems): with none, there is nothing
+    // to list. This is the common case, at every start of a process.
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() && meta.nlink() == 2 => return Ok(Vec::new()),
+        _ => {}
+    }
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
