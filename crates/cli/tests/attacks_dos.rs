@@ -349,7 +349,7 @@ fn a_process_ignoring_sigterm_is_killed_at_the_wall_time() {
 
 #[test]
 fn a_double_fork_setsid_grandchild_dies_with_the_program() {
-    // pid namespace: when the program (pid 2) exits, init exits and the
+    // pid namespace: when the program (pid 3) exits, init exits and the
     // kernel kills the rest; the run does not wait for the grandchild.
     require_root!();
     let Some(p) = common::probe(&["setsid-escape"]) else {
