@@ -549,6 +549,12 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
     )?;
     // SAFETY: our own descriptor.
     unsafe { libc::close(sandbox_dir) };
+    // Landlock's rules need the finished root and nothing else: add them
+    // while the supervisor copies the inputs in, or while a sandbox built
+    // ahead waits for its request (restricting comes below).
+    if let Some(landlock) = plan.landlock {
+        landlock.add_rules_in_child()?;
+    }
     // The run request is the go-ahead: the inputs are in /sandbox. (A
     // sandbox built ahead waits here for the request it will serve.)
     let request = receive_request(plan)?;
@@ -573,7 +579,7 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
     caps::set_no_new_privs_in_child()?;
     request.header.init_rlimits.apply_in_child()?;
     if let Some(landlock) = plan.landlock {
-        landlock.apply_in_child()?;
+        landlock.restrict_in_child()?;
     }
     // Seccomp last: after it, the setup syscalls above would be refused.
     match plan.seccomp {

@@ -8,7 +8,10 @@
 //!   rules into `CString`s and access masks;
 //! * the child, after pivot_root and after setting no_new_privs, calls
 //!   [`LandlockPlan::apply_in_child`], which opens each path, adds the rules
-//!   and restricts itself, with raw syscalls only and no allocation.
+//!   and restricts itself, with raw syscalls only and no allocation. (init
+//!   calls its two halves apart: [`LandlockPlan::add_rules_in_child`] as soon
+//!   as its root is built, [`LandlockPlan::restrict_in_child`] in its place
+//!   among the privileges.)
 //!
 //! Rules name paths as the sandbox sees them: they are resolved in the child,
 //! inside its own mount namespace, never in the parent's.
@@ -409,6 +412,15 @@ impl LandlockPlan {
     ///
     /// Async-signal-safe: raw syscalls on the plan's data, no allocation.
     pub fn apply_in_child(&self) -> Result<(), ChildFailure> {
+        self.add_rules_in_child()?;
+        self.restrict_in_child()
+    }
+
+    /// The first half of [`apply_in_child`](Self::apply_in_child): opens
+    /// each path and adds the rules to the ruleset, restricting nothing yet.
+    /// Needs no privilege and no no_new_privs, so init does it while the
+    /// supervisor copies the inputs in. Async-signal-safe.
+    pub fn add_rules_in_child(&self) -> Result<(), ChildFailure> {
         let ruleset = self.ruleset.as_raw_fd();
         for rule in &self.paths {
             add_path_rule(ruleset, rule)?;
@@ -433,6 +445,15 @@ impl LandlockPlan {
                 return Err(last_errno("landlock_add_rule(net_port)"));
             }
         }
+        Ok(())
+    }
+
+    /// The second half of [`apply_in_child`](Self::apply_in_child), after
+    /// [`add_rules_in_child`](Self::add_rules_in_child): restricts the
+    /// calling process to the ruleset. Needs no_new_privs (or
+    /// CAP_SYS_ADMIN). Async-signal-safe.
+    pub fn restrict_in_child(&self) -> Result<(), ChildFailure> {
+        let ruleset = self.ruleset.as_raw_fd();
         // SAFETY: plain integer arguments; no memory is passed.
         let rc = unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ruleset, 0u32) };
         if rc != 0 {
