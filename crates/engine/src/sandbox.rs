@@ -1128,7 +1128,8 @@ impl PreparedSandbox {
 }
 
 /// What is left of a sandbox once its result is complete: its init (which
-/// exits once its socket is closed), its cgroup and its host ids.
+/// exits after its last stage, or once its socket is closed), its cgroup and
+/// its host ids.
 /// [`Teardown::finish`] takes them down; dropping does the same.
 #[derive(Default)]
 pub struct Teardown {
