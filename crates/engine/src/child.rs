@@ -530,6 +530,14 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) },
         "set the parent-death signal",
     )?;
+    // It also reset dumpability, of init's memory and so of the root
+    // builder's too (they share it), to fs.suid_dumpable, which a host may
+    // have set to 1: make init not dumpable again.
+    check_int(
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) },
+        "make init not dumpable",
+    )?;
 
     // 5. Hand /sandbox to the supervisor and wait while it copies inputs.
     let sandbox_dir = check_int(
