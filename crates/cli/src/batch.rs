@@ -15,8 +15,10 @@ use std::io::{BufRead, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-/// The longest request line read (inline files included).
-pub const MAX_LINE: usize = 64 << 20;
+/// The longest request line read (inline files and stdin included). Each
+/// worker may hold one such line and what it becomes, so the batch's own
+/// memory stays within a few times this per job.
+pub const MAX_LINE: usize = 16 << 20;
 
 /// One request line.
 #[derive(Debug, Deserialize)]
@@ -65,6 +67,8 @@ impl Request {
             .ok_or("`command` is empty: give the program and its arguments")?;
         let mut spec = SandboxSpec::new(program.clone(), args.to_vec());
         spec.limits = config.defaults.clone();
+        // The config's network rules, as every run gets them.
+        spec.network = config.network.clone();
         self.limits
             .apply_to(&mut spec.limits)
             .map_err(|(key, value, e)| format!("limits.{key} = {value:?}: {e}"))?;
@@ -124,7 +128,7 @@ pub fn run_batch(
                         return;
                     }
                 };
-                if line.trim().is_empty() {
+                if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
                 let began = Instant::now();
@@ -173,7 +177,7 @@ impl<R: BufRead> BoundedLines<R> {
 }
 
 impl<R: BufRead> Iterator for BoundedLines<R> {
-    type Item = std::io::Result<String>;
+    type Item = std::io::Result<Vec<u8>>;
 
     fn next(&mut self) -> Option<Self::Item> {
         use std::io::Read;
@@ -199,7 +203,7 @@ impl<R: BufRead> Iterator for BoundedLines<R> {
                 if line.last() == Some(&b'\n') {
                     line.pop();
                 }
-                Some(String::from_utf8(line).map_err(std::io::Error::other))
+                Some(Ok(line))
             }
             Err(e) => {
                 self.done = true;
@@ -214,13 +218,14 @@ impl<R: BufRead> Iterator for BoundedLines<R> {
 fn serve_line(
     engine: &Engine,
     pool: &SandboxPool,
-    line: &str,
+    line: &[u8],
     number: usize,
 ) -> (serde_json::Value, RunResult) {
-    let request: Request = match serde_json::from_str(line) {
+    // Invalid UTF-8 is refused by the JSON parser like any other bad line.
+    let request: Request = match serde_json::from_slice(line) {
         Ok(r) => r,
         Err(e) => {
-            let id = serde_json::from_str::<serde_json::Value>(line)
+            let id = serde_json::from_slice::<serde_json::Value>(line)
                 .ok()
                 .and_then(|v| v.get("id").cloned())
                 .unwrap_or(serde_json::Value::Null);

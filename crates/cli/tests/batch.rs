@@ -9,6 +9,10 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 fn batch(args: &[&str], input: &str) -> (i32, Vec<Value>, String) {
+    batch_bytes(args, input.as_bytes())
+}
+
+fn batch_bytes(args: &[&str], input: &[u8]) -> (i32, Vec<Value>, String) {
     let mut child = Command::new(BIN)
         .arg("batch")
         .args(args)
@@ -21,7 +25,7 @@ fn batch(args: &[&str], input: &str) -> (i32, Vec<Value>, String) {
         .stdin
         .take()
         .expect("stdin")
-        .write_all(input.as_bytes())
+        .write_all(input)
         .expect("write requests");
     let out = child.wait_with_output().expect("wait for formicary batch");
     let lines = String::from_utf8_lossy(&out.stdout)
@@ -87,4 +91,24 @@ fn zero_jobs_is_a_usage_error() {
     let (code, lines, stderr) = batch(&["--jobs", "0"], "");
     assert_eq!(code, 2, "{stderr}");
     assert!(lines.is_empty());
+}
+
+#[test]
+fn a_line_that_is_not_utf8_is_refused_and_the_batch_goes_on() {
+    require_root!();
+    let mut input = b"{\"id\": 1, \"command\": [\"true\"]}\n".to_vec();
+    input.extend_from_slice(b"{\"id\": 2, \"command\": [\"echo\", \"\xff\"]}\n");
+    input.extend_from_slice(b"{\"id\": 3, \"command\": [\"echo\", \"after\"]}\n");
+    let (code, lines, stderr) = batch_bytes(&["--jobs", "1"], &input);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let bad = lines
+        .iter()
+        .find(|l| l["status"] == "setup_error")
+        .expect("the bad line's result");
+    assert!(
+        bad["error"].as_str().is_some_and(|e| e.contains("line 2")),
+        "{bad}"
+    );
+    assert_eq!(by_id(&lines, &Value::from(3))["stdout"], "after\n");
 }

@@ -142,3 +142,21 @@ fn cgroups_left_by_a_killed_formicary_are_removed_by_the_next_run() {
     assert_eq!(r.status(), "ok");
     assert_eq!(cgroups_of(killed), Vec::<String>::new());
 }
+
+#[test]
+fn a_sandbox_that_fails_to_build_leaves_no_cgroup() {
+    // Regression: a failure after the cgroup was created (here: a
+    // read-only path the sandbox's host uid cannot reach, found by init
+    // while it builds the root) returned without removing the cgroup.
+    require_root!();
+    let dir = common::scratch();
+    let closed = dir.path().join("closed");
+    let inside = closed.join("secret");
+    std::fs::create_dir_all(&inside).expect("mkdir");
+    std::fs::set_permissions(&closed, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .expect("chmod 700");
+    let bind = format!("{}:/x", inside.display());
+    let run = exec(&["true"]).flags(&["--ro-bind", &bind]).run();
+    assert_eq!(run.status(), "setup_error", "{:?}", run.json);
+    assert_eq!(cgroups_of(run.pid), Vec::<String>::new());
+}

@@ -24,7 +24,7 @@ pub mod network;
 pub mod pool;
 pub mod result;
 pub mod rlimits;
-pub mod run_request;
+pub(crate) mod run_request;
 pub mod sandbox;
 pub mod seccomp;
 pub mod spec;

@@ -98,7 +98,9 @@ impl SandboxPool {
     /// Runs `spec` as [`Engine::run_staged`] does, in a sandbox built ahead
     /// when one of its shape is ready.
     pub fn run_staged(&self, spec: &SandboxSpec) -> StagedResult {
-        if SandboxShape::of(spec) != self.shape {
+        // A request of another shape, or one the engine will refuse, does
+        // not use up a sandbox built ahead.
+        if SandboxShape::of(spec) != self.shape || self.engine.check(spec).is_err() {
             return self.engine.run_staged(spec);
         }
         // The builder is woken once the request is done, not now: building

@@ -160,12 +160,12 @@ pub fn encode(
     Ok(words)
 }
 
-/// The bytes of an encoded request.
+/// The bytes of a request from [`encode`] (its first `total_len` bytes).
 pub fn as_bytes(words: &[u64]) -> &[u8] {
     // SAFETY: u64 words viewed as bytes: same memory, alignment 1 is weaker.
     let all = unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), words.len() * 8) };
-    // SAFETY: the header at the start of an encoded request is initialised.
-    let total = unsafe { (*words.as_ptr().cast::<RequestHeader>()).total_len } as usize;
+    // total_len is the header's first field: the first word.
+    let total = words.first().map_or(0, |w| *w as usize);
     &all[..total.min(all.len())]
 }
 
@@ -186,7 +186,11 @@ pub type DecodeError = &'static str;
 /// pointer arrays into `pointers`. Allocates nothing: safe in init. Every
 /// offset and count is checked against the buffers.
 ///
-/// `buf` must be 8-byte aligned (a buffer of `u64` words).
+/// `buf` must be 8-byte aligned (a buffer of `u64` words) and hold what
+/// [`encode`] produced in this same executable: the header's rlimit plans
+/// carry step names that point into its static data, which are not (and
+/// cannot be) checked. Hence crate-private: init receives its request from
+/// its own supervisor only.
 pub fn decode<'a>(
     buf: &'a [u8],
     pointers: &mut [*const libc::c_char],
@@ -398,6 +402,12 @@ mod tests {
             let mut few = vec![std::ptr::null(); 3];
             assert!(decode(bytes, &mut few).is_err());
         }
+    }
+
+    #[test]
+    fn as_bytes_of_nothing_is_nothing() {
+        assert!(as_bytes(&[]).is_empty());
+        assert!(as_bytes(&[u64::MAX]).len() <= 8);
     }
 
     #[test]

@@ -257,6 +257,12 @@ impl Engine {
         Ok(teardown.finish(staged))
     }
 
+    /// Whether the engine would accept `spec`: its limits against the
+    /// maxima, its paths, and what this host can enforce. Touches nothing.
+    pub fn check(&self, spec: &SandboxSpec) -> Result<(), String> {
+        self.validate(spec, &stages_of(spec))
+    }
+
     /// Steps 1 and 2: the request against the maxima, and what this host
     /// can enforce. Touches nothing on the system.
     fn validate(&self, spec: &SandboxSpec, stages: &[StageRef<'_>]) -> Result<(), String> {
@@ -325,7 +331,10 @@ impl Engine {
     }
 
     /// Builds a sandbox of `shape` up to the point where it waits for its
-    /// run request: namespaces, id maps, cgroup (with the engine's default
+    /// run request. Its init dies when the thread that called this ends
+    /// (the parent-death signal follows the creating thread): call it from
+    /// a thread that outlives the sandbox, as `SandboxPool`'s builder does.
+    /// What it builds: namespaces, id maps, cgroup (with the engine's default
     /// limits until the request sets its own), root filesystem, and the
     /// network proxy if the shape has network. A sandbox so built serves
     /// exactly one request ([`Engine::run_prepared`]) and is never reused.
@@ -417,27 +426,34 @@ impl Engine {
         // The child has its own copies of the plan, buffers and
         // descriptors now.
         drop(sync_child);
-        let child = ChildGuard {
-            pid,
-            pidfd,
-            reaped: false,
+        // From here every early return drops the teardown: init killed,
+        // then its cgroup removed, then the ids released.
+        let mut teardown = Teardown {
+            child: Some(ChildGuard {
+                pid,
+                pidfd,
+                reaped: false,
+            }),
+            cgroup: None,
+            host_ids: None,
         };
 
         // 6. Maps, then init builds its root while the cgroup is created
         // and init moved into it (two cores' work at once; init enters
         // its cgroup namespace only after its run request).
-        idmap::write_maps(pid, &host_ids, self.facts.rootless).map_err(|e| e.to_string())?;
+        let maps = idmap::write_maps(pid, &host_ids, self.facts.rootless);
+        teardown.host_ids = Some(host_ids);
+        maps.map_err(|e| e.to_string())?;
         crate::sys::write_all(sync_parent.as_fd(), b"G")
             .map_err(|e| format!("sandbox init died early: {e}"))?;
         profile.mark("write id maps");
-        let mut cgroup = None;
         if let Some(host) = &self.facts.cgroups {
             let name = format!(
                 "{}-{}",
                 std::process::id(),
                 RUN_COUNTER.fetch_add(1, Ordering::Relaxed)
             );
-            let cg = cgroup.insert(
+            let cg = teardown.cgroup.insert(
                 host.create(
                     &self.config.cgroup_parent,
                     &name,
@@ -460,11 +476,7 @@ impl Engine {
         profile.mark("init: mounts and pivot_root");
         Ok(PreparedSandbox {
             shape: shape.clone(),
-            teardown: Teardown {
-                child: Some(child),
-                cgroup,
-                host_ids: Some(host_ids),
-            },
+            teardown,
             sync: sync_parent,
             sandbox_dir,
             proxy,

@@ -207,6 +207,12 @@ pub enum AddressClass {
     /// package registry may resolve into `203.0.113.0/24`). Where the
     /// proxy's host sits in one, [`AddressClass::HostNetwork`] refuses it.
     Reserved,
+    /// IPv6 transition addresses that carry an IPv4 address a tunnel or
+    /// translator may deliver to: 6to4 `2002::/16`, Teredo `2001::/32`,
+    /// local-use NAT64 `64:ff9b:1::/48` and IPv4-translated
+    /// `::ffff:0:0:0/96`. Refused whole, whatever IPv4 address they carry
+    /// (the well-known NAT64 prefix is decoded instead, above).
+    Transition,
     /// A network the proxy's host is directly connected to, or one of its
     /// own addresses ([`host_networks`]). Never returned by [`classify`]:
     /// it depends on the host, and the proxy checks it from its
@@ -228,6 +234,9 @@ impl AddressClass {
             AddressClass::Multicast => "a multicast address",
             AddressClass::Broadcast => "the broadcast address",
             AddressClass::Reserved => "a reserved address",
+            AddressClass::Transition => {
+                "an IPv6 transition address (6to4, Teredo, local-use NAT64 or IPv4-translated), which can lead to any IPv4 address"
+            }
             AddressClass::HostNetwork => "an address of the host's own network",
         }
     }
@@ -289,6 +298,31 @@ const V6_RANGES: &[(u128, u8, AddressClass)] = &[
     ),
     // ::/96, deprecated IPv4-compatible addresses.
     (0, 96, AddressClass::Reserved),
+    // ::ffff:0:0:0/96, IPv4-translated (SIIT).
+    (
+        0x0000_0000_0000_0000_ffff_0000_0000_0000,
+        96,
+        AddressClass::Transition,
+    ),
+    // 64:ff9b:1::/48, local-use NAT64.
+    (
+        0x0064_ff9b_0001_0000_0000_0000_0000_0000,
+        48,
+        AddressClass::Transition,
+    ),
+    // 2001::/32, Teredo (inside 2001::/23; the benchmarking 2001:2::/48
+    // is outside it).
+    (
+        0x2001_0000_0000_0000_0000_0000_0000_0000,
+        32,
+        AddressClass::Transition,
+    ),
+    // 2002::/16, 6to4.
+    (
+        0x2002_0000_0000_0000_0000_0000_0000_0000,
+        16,
+        AddressClass::Transition,
+    ),
     // 100::/64, discard-only.
     (
         0x0100_0000_0000_0000_0000_0000_0000_0000,
@@ -708,6 +742,25 @@ mod tests {
         ));
         let msg = "nope".parse::<Cidr>().expect_err("invalid").to_string();
         assert!(msg.contains("`nope`"), "{msg}");
+    }
+
+    #[test]
+    fn ipv6_transition_addresses_are_refused_whatever_they_carry() {
+        use AddressClass::*;
+        for (a, expected) in [
+            ("2002:7f00:1::", Some(Transition)),     // 6to4 of 127.0.0.1
+            ("2002:0808:0808::1", Some(Transition)), // 6to4 of a public address
+            ("2001:0:4136:e378:8000:63bf:3fff:fdd2", Some(Transition)), // Teredo
+            ("64:ff9b:1::a00:1", Some(Transition)),  // local-use NAT64 of 10.0.0.1
+            ("::ffff:0:a00:1", Some(Transition)),    // IPv4-translated 10.0.0.1
+            ("2001:2::1", None),                     // benchmarking, outside Teredo
+            ("2001:db8::1", None),                   // documentation
+            ("2600::1", None),
+        ] {
+            assert_eq!(class(a), expected, "{a}");
+        }
+        // IPv4-mapped addresses are still their IPv4 address's class.
+        assert_eq!(class("::ffff:10.0.0.1"), Some(Private));
     }
 
     #[test]
