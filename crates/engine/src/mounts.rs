@@ -599,7 +599,7 @@ const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const MOUNT_ATTR_NODEV: u64 = 0x4;
 const MOUNT_ATTR_NOEXEC: u64 = 0x8;
 
-fn bind(source: &CString, target: &CString, step: &'static str) -> Result<(), ChildFailure> {
+fn bind(source: &CStr, target: &CStr, step: &'static str) -> Result<(), ChildFailure> {
     check_int(
         // SAFETY: both strings are valid C strings owned by the plan.
         unsafe {
@@ -747,7 +747,10 @@ fn apply_op(op: &MountOp) -> Result<(), ChildFailure> {
         }
         MountOp::MaskFile { target } => {
             if exists(target) {
-                bind(&cstr("/dev/null"), target, "mask a /proc file")?;
+                // A literal: the child may not allocate (in a clone of a
+                // multithreaded process, the allocator's lock may be held
+                // by a thread that does not exist there).
+                bind(c"/dev/null", target, "mask a /proc file")?;
             }
         }
         MountOp::MaskDir { target } => {
