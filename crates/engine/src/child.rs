@@ -470,15 +470,11 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
             }
         }
     }
-    // init's memory is a copy of the supervisor's, which may serve other
-    // requests (a pool, a server): never dumpable, so that no process of
-    // the sandbox can read it through /proc/1/mem, maps or environ. (A
-    // change of uid below would clear it too; this does not rely on that.)
-    check_int(
-        // SAFETY: prctl with integer arguments.
-        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) },
-        "make init not dumpable",
-    )?;
+    // init is made not dumpable below, once the id maps are written, not
+    // here: a process that is not dumpable has its /proc files owned by
+    // root, and a rootless supervisor could then not write its
+    // uid_map and setgroups (it raced init for them, and lost about half
+    // the time). Nothing of the sandbox runs before then.
     // The supervisor's umask is not ours: every mode below is meant as written.
     // SAFETY: umask cannot fail; the child has its own copy of it.
     unsafe { libc::umask(0) };
@@ -530,9 +526,14 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) },
         "set the parent-death signal",
     )?;
-    // It also reset dumpability, of init's memory and so of the root
-    // builder's too (they share it), to fs.suid_dumpable, which a host may
-    // have set to 1: make init not dumpable again.
+    // init's memory is a copy of the supervisor's, which may serve other
+    // requests (a pool, a server): never dumpable, so that no process of
+    // the sandbox can read it through /proc/1/mem, maps or environ. The
+    // change of uid just made (init's, and the root builder's before it,
+    // which shares this memory) set dumpability to fs.suid_dumpable, which
+    // a host may have set to 1, so this comes after it. No process of the
+    // sandbox runs before this point (its first program starts after the
+    // run request).
     check_int(
         // SAFETY: prctl with integer arguments.
         unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) },
