@@ -100,7 +100,7 @@ impl SandboxPool {
     pub fn run_staged(&self, spec: &SandboxSpec) -> StagedResult {
         // A request of another shape, or one the engine will refuse, does
         // not use up a sandbox built ahead.
-        if SandboxShape::of(spec) != self.shape || self.engine.check(spec).is_err() {
+        if !self.shape.fits(spec) || self.engine.check(spec).is_err() {
             return self.engine.run_staged(spec);
         }
         // The builder is woken once the request is done, not now: building
@@ -110,7 +110,7 @@ impl SandboxPool {
         let Some(prepared) = prepared else {
             return self.engine.run_staged(spec);
         };
-        let (staged, teardown) = self.engine.run_prepared_deferred(prepared, spec);
+        let (staged, teardown) = self.engine.run_prepared_checked(prepared, spec);
         self.shared.lock().used.push_back(teardown);
         self.shared.wake.notify_all();
         staged

@@ -252,7 +252,13 @@ impl Engine {
     fn run_inner(&self, spec: &SandboxSpec) -> Result<StagedResult, String> {
         let stages = stages_of(spec);
         self.validate(spec, &stages)?;
-        let prepared = self.prepare_with(&SandboxShape::of(spec), spec.profile)?;
+        // The cgroup gets the first stage's limits at once: the update
+        // before the run request then has nothing to write.
+        let prepared = self.prepare_with(
+            &SandboxShape::of(spec),
+            &cgroup_limits(stages[0].limits),
+            spec.profile,
+        )?;
         let (staged, teardown) = self.serve(prepared, spec, &stages);
         Ok(teardown.finish(staged))
     }
@@ -339,12 +345,13 @@ impl Engine {
     /// network proxy if the shape has network. A sandbox so built serves
     /// exactly one request ([`Engine::run_prepared`]) and is never reused.
     pub fn prepare(&self, shape: &SandboxShape) -> Result<PreparedSandbox, String> {
-        self.prepare_with(shape, false)
+        self.prepare_with(shape, &cgroup_limits(&self.config.defaults), false)
     }
 
     fn prepare_with(
         &self,
         shape: &SandboxShape,
+        limits: &CgroupLimits,
         profile_on: bool,
     ) -> Result<PreparedSandbox, String> {
         let mut profile = Profile::new(profile_on);
@@ -454,12 +461,8 @@ impl Engine {
                 RUN_COUNTER.fetch_add(1, Ordering::Relaxed)
             );
             let cg = teardown.cgroup.insert(
-                host.create(
-                    &self.config.cgroup_parent,
-                    &name,
-                    &cgroup_limits(&self.config.defaults),
-                )
-                .map_err(|e| e.to_string())?,
+                host.create(&self.config.cgroup_parent, &name, limits)
+                    .map_err(|e| e.to_string())?,
             );
             cg.add_process(pid).map_err(|e| e.to_string())?;
         }
@@ -501,21 +504,16 @@ impl Engine {
         prepared: PreparedSandbox,
         spec: &SandboxSpec,
     ) -> (StagedResult, Teardown) {
-        let stages = stages_of(spec);
         let mut prepared = prepared;
-        let checked = self.validate(spec, &stages).and_then(|()| {
-            if SandboxShape::of(spec) == prepared.shape {
+        let checked = self.check(spec).and_then(|()| {
+            if prepared.shape.fits(spec) {
                 Ok(())
             } else {
                 Err("this request needs a sandbox of another shape (disk size, read-only paths or network) than the one prepared".to_string())
             }
         });
-        if spec.profile && prepared.profile.marks.is_none() {
-            // Built ahead: the run's own steps are what matter.
-            prepared.profile = Profile::new(true);
-        }
         match checked {
-            Ok(()) => self.serve(prepared, spec, &stages),
+            Ok(()) => self.run_prepared_checked(prepared, spec),
             Err(message) => (
                 StagedResult {
                     before: Vec::new(),
@@ -524,6 +522,20 @@ impl Engine {
                 std::mem::take(&mut prepared.teardown),
             ),
         }
+    }
+
+    /// As [`Engine::run_prepared_deferred`], for a request already checked
+    /// ([`Engine::check`]) and known to fit the sandbox's shape.
+    pub(crate) fn run_prepared_checked(
+        &self,
+        mut prepared: PreparedSandbox,
+        spec: &SandboxSpec,
+    ) -> (StagedResult, Teardown) {
+        if spec.profile && prepared.profile.marks.is_none() {
+            // Built ahead: the run's own steps are what matter.
+            prepared.profile = Profile::new(true);
+        }
+        self.serve(prepared, spec, &stages_of(spec))
     }
 
     /// Steps 7 to 9: inputs, the run request, each stage, outputs.
@@ -607,10 +619,9 @@ impl Engine {
             stage_fds.push(fds);
         }
         if let Some(cg) = cgroup {
-            if *stages[0].limits != self.config.defaults {
-                cg.update_limits(&cgroup_limits(stages[0].limits))
-                    .map_err(|e| format!("cannot apply the run's limits to its cgroup: {e}"))?;
-            }
+            // Writes only what differs from the limits it was built with.
+            cg.update_limits(&cgroup_limits(stages[0].limits))
+                .map_err(|e| format!("cannot apply the run's limits to its cgroup: {e}"))?;
         }
         let workdir = CString::new(spec.workdir.as_bytes())
             .map_err(|_| "working directory contains NUL".to_string())?;
@@ -1108,6 +1119,19 @@ impl SandboxShape {
         }
     }
 
+    /// Whether `spec` needs exactly this shape (as `SandboxShape::of(spec)
+    /// == *self`, without building one).
+    pub fn fits(&self, spec: &SandboxSpec) -> bool {
+        let disk = spec
+            .before
+            .iter()
+            .map(|s| s.limits.disk_bytes)
+            .fold(spec.limits.disk_bytes, u64::max);
+        disk == self.disk_bytes
+            && spec.extra_read_only == self.extra_read_only
+            && spec.network == self.network
+    }
+
     /// The shape of a single-stage request with `limits`, no extra
     /// read-only path and no network: what a pool keeps ready.
     pub fn plain(limits: &Limits) -> SandboxShape {
@@ -1377,4 +1401,53 @@ fn clone_sandbox(plan: &ChildPlan<'_>) -> std::io::Result<(libc::pid_t, OwnedFd)
     // SAFETY: CLONE_PIDFD stored a fresh descriptor we own.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     Ok((ret as libc::pid_t, pidfd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{NetworkSpec, ReadOnlyPath, Stage};
+
+    fn stage(disk: u64) -> Stage {
+        Stage {
+            program: "cc".into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            stdin: Vec::new(),
+            limits: Limits {
+                disk_bytes: disk,
+                ..Limits::default()
+            },
+        }
+    }
+
+    #[test]
+    fn a_shape_fits_exactly_the_specs_it_was_made_for() {
+        let plain = SandboxSpec::new("true", Vec::new());
+        let mut bigger_compile = plain.clone();
+        bigger_compile.before.push(stage(256 << 20));
+        let mut smaller_compile = plain.clone();
+        smaller_compile.before.push(stage(1 << 20));
+        let mut read_only = plain.clone();
+        read_only.extra_read_only.push(ReadOnlyPath {
+            host: "/opt".into(),
+            sandbox: None,
+            optional: false,
+        });
+        let mut network = plain.clone();
+        network.network = NetworkSpec {
+            allow: vec!["pypi.org".into()],
+            ..NetworkSpec::default()
+        };
+        let specs = [plain, bigger_compile, smaller_compile, read_only, network];
+        for (i, a) in specs.iter().enumerate() {
+            for (j, b) in specs.iter().enumerate() {
+                let same = SandboxShape::of(a) == SandboxShape::of(b);
+                assert_eq!(SandboxShape::of(a).fits(b), same, "shape of {i}, spec {j}");
+            }
+        }
+        // A compile stage with a smaller disk keeps the run's: same shape.
+        assert!(SandboxShape::of(&specs[0]).fits(&specs[2]));
+        assert!(!SandboxShape::of(&specs[0]).fits(&specs[1]));
+    }
 }

@@ -44,6 +44,41 @@ use serde::{Deserialize, Serialize};
 
 use fs::{CgroupFs, KernelFs};
 
+/// The limits a cgroup has now (unknown until first set), so that an
+/// update writes only what changes.
+#[derive(Debug)]
+pub(crate) struct LimitsInForce {
+    memory_bytes: std::sync::atomic::AtomicU64,
+    pids: std::sync::atomic::AtomicU64,
+}
+
+/// What an update changes: the memory limit it replaces (when the memory
+/// limit changes; `u64::MAX` if it was unknown), and whether pids change.
+pub(crate) struct LimitChange {
+    pub previous_memory: Option<u64>,
+    pub pids: bool,
+}
+
+impl LimitsInForce {
+    pub(crate) fn unknown() -> LimitsInForce {
+        LimitsInForce {
+            memory_bytes: std::sync::atomic::AtomicU64::new(u64::MAX),
+            pids: std::sync::atomic::AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// Records `new` as in force; says what differs from before.
+    pub(crate) fn replace(&self, new: &CgroupLimits) -> LimitChange {
+        use std::sync::atomic::Ordering::Relaxed;
+        let memory = self.memory_bytes.swap(new.memory_bytes, Relaxed);
+        let pids = self.pids.swap(new.pids, Relaxed);
+        LimitChange {
+            previous_memory: (memory != new.memory_bytes).then_some(memory),
+            pids: pids != new.pids,
+        }
+    }
+}
+
 /// The limits put on one sandbox's cgroup. Swap is always 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CgroupLimits {
@@ -160,8 +195,10 @@ pub trait Cgroup: Send + fmt::Debug {
     /// child could start inside the cgroup with no move (not used by the
     /// engine yet). None on v1.
     fn procs_file_fd(&self) -> Option<BorrowedFd<'_>>;
-    /// Changes the limits of a cgroup already in use (between the stages of
-    /// a run).
+    /// Changes the limits of a cgroup already in use (for the request a
+    /// sandbox built ahead serves, and between the stages of a run). Only
+    /// the limits that differ from those in force are written: an update to
+    /// the same limits touches nothing.
     fn update_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError>;
     /// Starts the peak-memory measurement afresh where the kernel allows
     /// it (v1); on v2 the peak spans the cgroup's life.

@@ -242,6 +242,54 @@ fn v1_without_swap_accounting_sets_swappiness_zero() {
 }
 
 #[test]
+fn v1_update_writes_only_the_limits_that_change_in_the_right_order() {
+    let root = fake_root();
+    let mem = root.path().join("sys/fs/cgroup/memory");
+    std::fs::create_dir_all(&mem).expect("mkdir");
+    std::fs::write(mem.join("memory.memsw.limit_in_bytes"), "0\n").expect("write");
+    let (host, _) = fake_host(root.path(), HYBRID, HYBRID_SELF, "hugetlb\n");
+    let cg = host.create("formicary", "sb1", &LIMITS).expect("create");
+    let sb = mem.join("formicary/sb1");
+    let pids = root
+        .path()
+        .join("sys/fs/cgroup/pids/formicary/sb1/pids.max");
+    let mark = |path: &Path| std::fs::write(path, "untouched").expect("mark");
+    for f in [
+        "memory.limit_in_bytes",
+        "memory.memsw.limit_in_bytes",
+        "memory.oom_control",
+    ] {
+        mark(&sb.join(f));
+    }
+    mark(&pids);
+    // The same limits: nothing is written.
+    cg.update_limits(&LIMITS).expect("update");
+    assert_eq!(read(sb.join("memory.limit_in_bytes")), "untouched");
+    assert_eq!(read(pids.clone()), "untouched");
+    // Only pids change: only pids.max is written.
+    let more_pids = CgroupLimits {
+        pids: LIMITS.pids + 1,
+        ..LIMITS
+    };
+    cg.update_limits(&more_pids).expect("update");
+    assert_eq!(read(pids.clone()), (LIMITS.pids + 1).to_string());
+    assert_eq!(read(sb.join("memory.limit_in_bytes")), "untouched");
+    assert_eq!(read(sb.join("memory.memsw.limit_in_bytes")), "untouched");
+    assert_eq!(read(sb.join("memory.oom_control")), "untouched");
+    // Memory changes: both memory files, and nothing else.
+    let more_memory = CgroupLimits {
+        memory_bytes: LIMITS.memory_bytes * 2,
+        ..more_pids
+    };
+    mark(&pids);
+    cg.update_limits(&more_memory).expect("update");
+    let bytes = (LIMITS.memory_bytes * 2).to_string();
+    assert_eq!(read(sb.join("memory.limit_in_bytes")), bytes);
+    assert_eq!(read(sb.join("memory.memsw.limit_in_bytes")), bytes);
+    assert_eq!(read(pids), "untouched");
+}
+
+#[test]
 fn v1_add_process_writes_the_pid_into_every_hierarchy() {
     let root = fake_root();
     let (host, _) = fake_host(root.path(), COMOUNTED, "", "\n");
@@ -433,6 +481,37 @@ fn v2_create_enables_controllers_down_the_parents_and_writes_limits() {
     assert_eq!(read(sb.join("pids.max")), "8");
     cg.add_process(99).expect("add");
     assert_eq!(read(sb.join("cgroup.procs")), "99");
+}
+
+#[test]
+fn v2_update_writes_only_the_limits_that_change() {
+    let root = fake_root();
+    let (host, _) = fake_host(root.path(), PURE_V2, "0::/init.scope\n", V2_ALL);
+    let cg = host.create("formicary", "sb1", &LIMITS).expect("create");
+    let sb = root.path().join("sys/fs/cgroup/formicary/sb1");
+    for f in [
+        "memory.max",
+        "memory.swap.max",
+        "memory.oom.group",
+        "pids.max",
+    ] {
+        std::fs::write(sb.join(f), "untouched").expect("mark");
+    }
+    cg.update_limits(&LIMITS).expect("update");
+    assert_eq!(read(sb.join("memory.max")), "untouched");
+    assert_eq!(read(sb.join("pids.max")), "untouched");
+    let changed = CgroupLimits {
+        memory_bytes: LIMITS.memory_bytes * 2,
+        ..LIMITS
+    };
+    cg.update_limits(&changed).expect("update");
+    assert_eq!(
+        read(sb.join("memory.max")),
+        (LIMITS.memory_bytes * 2).to_string()
+    );
+    assert_eq!(read(sb.join("pids.max")), "untouched");
+    assert_eq!(read(sb.join("memory.swap.max")), "untouched");
+    assert_eq!(read(sb.join("memory.oom.group")), "untouched");
 }
 
 #[test]

@@ -30,7 +30,7 @@ use std::os::fd::BorrowedFd;
 use super::fs::CgroupFs;
 use super::{
     kill_listed_until_empty, mkdir_existing_ok, mkdir_new, remove_with_retry, write, Cgroup,
-    CgroupError, CgroupLimits, CgroupUsage, CgroupVersion, StatFile,
+    CgroupError, CgroupLimits, CgroupUsage, CgroupVersion, LimitsInForce, StatFile,
 };
 
 /// The mount points of the hierarchies a sandbox uses.
@@ -68,8 +68,9 @@ pub struct V1Cgroup {
     pids_events: StatFile,
     /// Whether memsw (memory + swap) files exist, set at creation.
     swap_accounted: std::sync::atomic::AtomicBool,
-    /// The memory limit in force, to order memsw and memory writes.
-    memory_limit: std::sync::atomic::AtomicU64,
+    /// The limits in force: updates write only what changes, and memsw
+    /// and memory writes are ordered by whether memory goes up or down.
+    in_force: LimitsInForce,
 }
 
 impl V1Cgroup {
@@ -107,7 +108,7 @@ impl V1Cgroup {
             }
             cg.swap_accounted
                 .store(swap_accounted, std::sync::atomic::Ordering::Relaxed);
-            cg.set_limits(limits, swap_accounted)
+            cg.set_limits(limits, swap_accounted, true)
         })();
         if let Err(e) = result {
             // Nothing runs in them yet: removing them cannot be busy.
@@ -148,31 +149,44 @@ impl V1Cgroup {
             memory_oom_control: StatFile::new(memory.join("memory.oom_control")),
             pids_events: StatFile::new(pids.join("pids.events")),
             swap_accounted: std::sync::atomic::AtomicBool::new(false),
-            memory_limit: std::sync::atomic::AtomicU64::new(u64::MAX),
+            in_force: LimitsInForce::unknown(),
         }
     }
 
-    fn set_limits(&self, limits: &CgroupLimits, swap_accounted: bool) -> Result<(), CgroupError> {
+    /// Writes the limits that differ from those in force; at creation,
+    /// also the settings that never change (OOM killer on, no swap).
+    fn set_limits(
+        &self,
+        limits: &CgroupLimits,
+        swap_accounted: bool,
+        creating: bool,
+    ) -> Result<(), CgroupError> {
         let fs = self.fs.as_ref();
         let memory = &self.memory;
-        let bytes = limits.memory_bytes.to_string();
-        // memsw may never be below the memory limit: when raising, memsw
-        // goes first; when lowering (or first setting), memory does.
-        let previous = self
-            .memory_limit
-            .swap(limits.memory_bytes, std::sync::atomic::Ordering::Relaxed);
-        let raising = limits.memory_bytes > previous;
-        if swap_accounted && raising {
-            write(fs, memory.join("memory.memsw.limit_in_bytes"), &bytes)?;
+        let change = self.in_force.replace(limits);
+        if let Some(previous) = change.previous_memory {
+            let bytes = limits.memory_bytes.to_string();
+            // memsw may never be below the memory limit: when raising, memsw
+            // goes first; when lowering (or first setting), memory does.
+            let raising = limits.memory_bytes > previous;
+            if swap_accounted && raising {
+                write(fs, memory.join("memory.memsw.limit_in_bytes"), &bytes)?;
+            }
+            write(fs, memory.join("memory.limit_in_bytes"), &bytes)?;
+            if swap_accounted && !raising {
+                write(fs, memory.join("memory.memsw.limit_in_bytes"), &bytes)?;
+            }
         }
-        write(fs, memory.join("memory.limit_in_bytes"), &bytes)?;
-        if swap_accounted && !raising {
-            write(fs, memory.join("memory.memsw.limit_in_bytes"), &bytes)?;
-        } else if !swap_accounted {
-            write(fs, memory.join("memory.swappiness"), "0")?;
+        if creating {
+            if !swap_accounted {
+                write(fs, memory.join("memory.swappiness"), "0")?;
+            }
+            write(fs, memory.join("memory.oom_control"), "0")?;
         }
-        write(fs, memory.join("memory.oom_control"), "0")?;
-        write(fs, self.pids.join("pids.max"), &limits.pids.to_string())
+        if change.pids {
+            write(fs, self.pids.join("pids.max"), &limits.pids.to_string())?;
+        }
+        Ok(())
     }
 
     /// The cgroup's directories, memory's first.
@@ -191,6 +205,7 @@ impl Cgroup for V1Cgroup {
             limits,
             self.swap_accounted
                 .load(std::sync::atomic::Ordering::Relaxed),
+            false,
         )
     }
 

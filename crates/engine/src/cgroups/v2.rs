@@ -26,7 +26,7 @@ use std::sync::Arc;
 use super::fs::{self, CgroupFs};
 use super::{
     kill_listed_until_empty, mkdir_existing_ok, mkdir_new, remove_with_retry, write, Cgroup,
-    CgroupError, CgroupLimits, CgroupUsage, CgroupVersion, StatFile,
+    CgroupError, CgroupLimits, CgroupUsage, CgroupVersion, LimitsInForce, StatFile,
 };
 
 /// One sandbox's cgroup v2 directory.
@@ -42,6 +42,8 @@ pub struct V2Cgroup {
     memory_peak: StatFile,
     memory_events: StatFile,
     pids_events: StatFile,
+    /// The limits in force: updates write only what changes.
+    in_force: LimitsInForce,
 }
 
 impl V2Cgroup {
@@ -65,7 +67,7 @@ impl V2Cgroup {
         mkdir_new(&dir)?;
 
         let cg = V2Cgroup::existing(fs, dir);
-        match cg.set_limits(limits).and_then(|()| {
+        match cg.set_limits(limits, true).and_then(|()| {
             fs::open_dir(&cg.dir).map_err(|source| CgroupError::Read {
                 path: cg.dir.clone(),
                 source,
@@ -104,28 +106,39 @@ impl V2Cgroup {
             ),
             memory_events: StatFile::new(dir.join("memory.events")),
             pids_events: StatFile::new(dir.join("pids.events")),
+            in_force: LimitsInForce::unknown(),
             dir_fd: None,
             dir,
         }
     }
 
-    fn set_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
+    /// Writes the limits that differ from those in force; at creation,
+    /// also the settings that never change (no swap, OOM kills the group).
+    fn set_limits(&self, limits: &CgroupLimits, creating: bool) -> Result<(), CgroupError> {
         let fs = self.fs.as_ref();
-        write(
-            fs,
-            self.dir.join("memory.max"),
-            &limits.memory_bytes.to_string(),
-        )?;
-        match write(fs, self.dir.join("memory.swap.max"), "0") {
-            Ok(()) => {}
-            // No swap accounting (CONFIG_MEMCG_SWAP off or swapaccount=0):
-            // the file does not exist and swap cannot be charged anyway.
-            Err(CgroupError::Write { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
+        let change = self.in_force.replace(limits);
+        if change.previous_memory.is_some() {
+            write(
+                fs,
+                self.dir.join("memory.max"),
+                &limits.memory_bytes.to_string(),
+            )?;
         }
-        write(fs, self.dir.join("memory.oom.group"), "1")?;
-        write(fs, self.dir.join("pids.max"), &limits.pids.to_string())
+        if creating {
+            match write(fs, self.dir.join("memory.swap.max"), "0") {
+                Ok(()) => {}
+                // No swap accounting (CONFIG_MEMCG_SWAP off or swapaccount=0):
+                // the file does not exist and swap cannot be charged anyway.
+                Err(CgroupError::Write { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            write(fs, self.dir.join("memory.oom.group"), "1")?;
+        }
+        if change.pids {
+            write(fs, self.dir.join("pids.max"), &limits.pids.to_string())?;
+        }
+        Ok(())
     }
 
     /// The cgroup's directory.
@@ -160,7 +173,7 @@ impl Cgroup for V2Cgroup {
     }
 
     fn update_limits(&self, limits: &CgroupLimits) -> Result<(), CgroupError> {
-        self.set_limits(limits)
+        self.set_limits(limits, false)
     }
 
     fn reset_peak(&self) -> Result<(), CgroupError> {
@@ -214,6 +227,7 @@ impl Cgroup for V2Cgroup {
             memory_peak,
             memory_events,
             pids_events,
+            in_force: _,
         } = *self;
         // Close our fds in the directory before removing it.
         drop((dir_fd, cpu_stat, memory_peak, memory_events, pids_events));
