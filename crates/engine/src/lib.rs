@@ -27,6 +27,7 @@ pub mod rlimits;
 pub(crate) mod run_request;
 pub mod sandbox;
 pub mod seccomp;
+mod spawner;
 pub mod spec;
 pub mod supervisor;
 mod sys;

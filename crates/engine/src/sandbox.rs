@@ -17,20 +17,20 @@
 //! depends on the caller's current directory, umask or signal handlers.
 
 use crate::cgroups::{Cgroup, CgroupLimits, CgroupUsage, HostCgroups};
-use crate::child::{self, ChildPlan, Message, SeccompStep};
+use crate::child::{self, Message};
 use crate::config::EngineConfig;
 use crate::idmap::{self, IdAllocator};
-use crate::landlock::{self, LandlockPlan, NetPolicy};
-use crate::mounts::MountPlan;
+use crate::landlock;
 use crate::network::{self, NetworkPlan, RunningProxy};
 use crate::result::{classify, IsolationReport, RunResult, Status};
 use crate::rlimits::RlimitPlan;
 use crate::run_request;
-use crate::seccomp::{self, CompiledFilter, DenyMode, Notifier, Policy};
+use crate::seccomp::{self, DenyMode, Notifier, Policy};
+use crate::spawner::{spawn_init, ChildMemory, InitBase, InitShape, SpawnError, Spawned, Spawner};
 use crate::spec::{Limits, SandboxSpec};
 use crate::supervisor::{self, Watch};
 use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -70,49 +70,15 @@ pub struct Engine {
     config: EngineConfig,
     facts: HostFacts,
     policy: &'static Policy,
-    filter: CompiledFilter,
     ids: IdAllocator,
+    /// What every init's plan is made of (for cloning here, without a
+    /// spawner).
+    init_base: InitBase,
+    /// init's buffers, for cloning here.
     child_memory: ChildMemory,
-}
-
-/// Memory that each sandbox's init uses as its own: the buffers its run
-/// request is received into, and pid 2's stack. Reserved once per engine
-/// and never touched by the supervisor: every clone gets a private
-/// (copy-on-write) copy, of which init touches only the pages it uses. So
-/// no run allocates or frees it, which in a multithreaded supervisor would
-/// cost page-table locks and TLB shootdowns on every core.
-struct ChildMemory {
-    request_words: Vec<u64>,
-    pointers: Vec<*const libc::c_char>,
-    exec_stack: child::ExecStack,
-}
-
-// SAFETY: the raw pointers in `pointers` are never dereferenced by the
-// supervisor (the vector is only ever written by cloned children, in their
-// own copies), so sharing the engine between threads cannot race on them.
-unsafe impl Send for ChildMemory {}
-// SAFETY: as above: the supervisor neither reads nor writes this memory.
-unsafe impl Sync for ChildMemory {}
-
-impl ChildMemory {
-    fn new() -> ChildMemory {
-        ChildMemory {
-            // Zeroed by the allocator: fresh pages, never touched here.
-            request_words: vec![0u64; run_request::REQUEST_MAX / 8],
-            pointers: vec![std::ptr::null(); run_request::POINTERS_MAX],
-            exec_stack: child::ExecStack::new(),
-        }
-    }
-
-    fn request_buffers(&self) -> child::RequestBuffers {
-        child::RequestBuffers {
-            // Only the child writes through these, into its own copy.
-            words: self.request_words.as_ptr().cast_mut(),
-            word_count: self.request_words.len(),
-            pointers: self.pointers.as_ptr().cast_mut(),
-            pointer_count: self.pointers.len(),
-        }
-    }
+    /// The helper that clones inits, once [`Engine::start_spawner`] has
+    /// been called (None inside: it could not be started, or is off).
+    spawner: std::sync::OnceLock<Option<Spawner>>,
 }
 
 /// Numbers this process's runs, for unique cgroup names across every
@@ -196,14 +162,46 @@ impl Engine {
             config.uid_base,
             config.uid_count,
         );
+        let init_base = InitBase {
+            read_only: config.read_only.clone(),
+            landlock_abi: facts.landlock_abi,
+            user_notif: facts.user_notif,
+            clear_groups: !facts.rootless,
+            last_cap: facts.last_cap,
+            arg_area: facts.arg_area,
+            filter,
+        };
         Ok(Engine {
             config,
             facts,
             policy,
-            filter,
             ids,
+            init_base,
             child_memory: ChildMemory::new(),
+            spawner: std::sync::OnceLock::new(),
         })
+    }
+
+    /// From now on, clone every sandbox's init from a small
+    /// single-threaded helper process instead of the calling thread (see
+    /// `spawner.rs`): the same sandbox, without the cost a clone of a
+    /// large multithreaded supervisor puts on its other threads (page
+    /// tables copied, copy-on-write faults and TLB shootdowns). Worth it
+    /// for a long-lived process serving many sandboxes from several
+    /// threads ([`crate::pool::SandboxPool`] calls it); a one-shot run is
+    /// faster without (starting the helper costs about half a
+    /// millisecond). Idempotent. Without a helper (it could not be
+    /// started, or `FORMICARY_NO_SPAWNER` is set), inits are cloned from
+    /// the calling thread as before. Returns whether the helper runs.
+    pub fn start_spawner(&self) -> bool {
+        self.spawner
+            .get_or_init(|| {
+                if std::env::var_os("FORMICARY_NO_SPAWNER").is_some() {
+                    return None;
+                }
+                Spawner::start(self.init_base.clone()).ok()
+            })
+            .is_some()
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -337,9 +335,12 @@ impl Engine {
     }
 
     /// Builds a sandbox of `shape` up to the point where it waits for its
-    /// run request. Its init dies when the thread that called this ends
-    /// (the parent-death signal follows the creating thread): call it from
-    /// a thread that outlives the sandbox, as `SandboxPool`'s builder does.
+    /// run request. Its init dies when the thread that cloned it ends (the
+    /// parent-death signal follows the creating thread): without a spawner
+    /// ([`Engine::start_spawner`]) that is the thread that called this,
+    /// so call it from a thread that outlives the sandbox, as
+    /// `SandboxPool`'s builder does; with one, the spawner's thread, which
+    /// lives as long as the engine.
     /// What it builds: namespaces, id maps, cgroup (with the engine's default
     /// limits until the request sets its own), root filesystem, and the
     /// network proxy if the shape has network. A sandbox so built serves
@@ -357,44 +358,14 @@ impl Engine {
         let mut profile = Profile::new(profile_on);
         profile.mark("validate");
         // 3. Prepare what init needs before the clone (it may not
-        // allocate): the mount plan (one writable tmpfs for every stage),
-        // the network plan, Landlock, and the buffers for its run request.
-        let mut read_only = self.config.read_only.clone();
-        read_only.extend(shape.extra_read_only.iter().cloned());
-        let mounts = MountPlan::prepare(&read_only, shape.disk_bytes).map_err(|e| e.to_string())?;
+        // allocate): the network plan here; the mount plan (one writable
+        // tmpfs for every stage), Landlock and the buffers for its run
+        // request where it is cloned (`spawner::spawn_init`).
         let network = NetworkPlan::prepare(&shape.network).map_err(|e| e.to_string())?;
-        let proxy_port = network.as_ref().map(|_| network::PROXY_PORT);
-        let landlock_plan = match self.facts.landlock_abi {
-            Some(abi) => Some(
-                LandlockPlan::prepare(
-                    abi,
-                    &landlock::default_rules(),
-                    &NetPolicy {
-                        connect_tcp_ports: proxy_port.into_iter().collect(),
-                    },
-                )
-                .map_err(|e| e.to_string())?,
-            ),
-            None => None,
-        };
-        let (sync_parent, sync_child) = crate::sys::seqpacket_pair()
-            .map_err(|e| format!("cannot create a socket pair: {e}"))?;
-        let fprog = self.filter.as_fprog();
-        let plan = ChildPlan {
-            sync_fd: sync_child.as_raw_fd(),
-            clear_groups: !self.facts.rootless,
-            mounts: &mounts,
-            last_cap: self.facts.last_cap,
-            landlock: landlock_plan.as_ref(),
-            seccomp: if self.facts.user_notif {
-                SeccompStep::Notify(&fprog)
-            } else {
-                SeccompStep::Errno(&fprog)
-            },
-            request: self.child_memory.request_buffers(),
-            exec_stack: &self.child_memory.exec_stack,
-            arg_area: self.facts.arg_area,
-            proxy_port,
+        let init_shape = InitShape {
+            disk_bytes: shape.disk_bytes,
+            extra_read_only: shape.extra_read_only.clone(),
+            proxy_port: network.as_ref().map(|_| network::PROXY_PORT),
         };
         profile.mark("prepare the child's plan");
 
@@ -422,17 +393,25 @@ impl Engine {
         };
         profile.mark("lease host ids");
 
-        // 5. Clone.
-        let (pid, pidfd) = clone_sandbox(&plan).map_err(|e| {
-            format!(
+        // 5. Clone: init's plan (mounts, Landlock, seccomp, its buffers)
+        // and the clone itself, in the spawner when there is one.
+        let spawned = match self.spawner.get().and_then(Option::as_ref) {
+            Some(spawner) => spawner.spawn(&init_shape),
+            None => spawn_init(&self.init_base, &self.child_memory, &init_shape, false),
+        }
+        .map_err(|e| match e {
+            SpawnError::Plan(message) | SpawnError::Spawner(message) => message,
+            SpawnError::Clone(e) => format!(
                 "cannot create the sandbox's namespaces: {e}{}",
                 clone_hint(&e)
-            )
+            ),
         })?;
         profile.mark("clone into new namespaces");
-        // The child has its own copies of the plan, buffers and
-        // descriptors now.
-        drop(sync_child);
+        let Spawned {
+            pid,
+            pidfd,
+            sync: sync_parent,
+        } = spawned;
         // From here every early return drops the teardown: init killed,
         // then its cgroup removed, then the ids released.
         let mut teardown = Teardown {
@@ -1349,60 +1328,6 @@ impl ExecPlan {
         })
     }
 }
-
-/// clone3 into new namespaces; the child runs init and never returns.
-/// Not the network namespace: init makes that one itself, while a helper
-/// builds its root (see `child.rs`), rather than here before either starts.
-fn clone_sandbox(plan: &ChildPlan<'_>) -> std::io::Result<(libc::pid_t, OwnedFd)> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct CloneArgs {
-        flags: u64,
-        pidfd: u64,
-        child_tid: u64,
-        parent_tid: u64,
-        exit_signal: u64,
-        stack: u64,
-        stack_size: u64,
-        tls: u64,
-        set_tid: u64,
-        set_tid_size: u64,
-        cgroup: u64,
-    }
-    let mut pidfd: libc::c_int = -1;
-    let args = CloneArgs {
-        flags: (libc::CLONE_NEWUSER
-            | libc::CLONE_NEWNS
-            | libc::CLONE_NEWPID
-            | libc::CLONE_NEWIPC
-            | libc::CLONE_NEWUTS
-            | libc::CLONE_PIDFD) as u64,
-        pidfd: &mut pidfd as *mut libc::c_int as u64,
-        exit_signal: libc::SIGCHLD as u64,
-        ..CloneArgs::default()
-    };
-    // SAFETY: clone3 without CLONE_VM behaves like fork: the child gets a
-    // copy of the address space and continues here on its own copy of the
-    // stack. In the child only `child::run_init` runs, which is
-    // async-signal-safe and never returns.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    if ret < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    if ret == 0 {
-        child::run_init(plan);
-    }
-    // SAFETY: CLONE_PIDFD stored a fresh descriptor we own.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    Ok((ret as libc::pid_t, pidfd))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -103,7 +103,9 @@ fn pooled_requests_never_see_each_other() {
     // least two distinct (ready and in use), never shared while alive.
     assert!(uids.len() >= 2, "{uids:?}");
     drop(pool);
-    assert_eq!(children(), 0, "inits left behind");
+    // The engine's spawner (a child of this process too) goes with it.
+    drop(engine);
+    assert_eq!(children(), 0, "inits or the spawner left behind");
     assert_eq!(own_cgroups(), 0, "cgroups left behind");
 }
 
@@ -207,5 +209,65 @@ fn a_prepared_sandbox_refuses_a_request_of_another_shape_and_is_not_reused() {
     assert_eq!(children(), 1);
     drop(prepared);
     assert_eq!(children(), 0, "an unused prepared sandbox's init is gone");
+    assert_eq!(own_cgroups(), 0);
+}
+
+/// The engine's spawner: this process's child that is not a sandbox's
+/// init (an init is also pid 1 of its own pid namespace).
+fn spawner_pid() -> Option<i32> {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .expect("list /proc")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let status = std::fs::read_to_string(e.path().join("status")).ok()?;
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(|v| v.split_whitespace().collect::<Vec<_>>())
+            };
+            let ppid = field("PPid:")?;
+            let nspid = field("NSpid:")?;
+            (ppid == [me.as_str()] && nspid.len() == 1).then(|| nspid[0].parse().ok())?
+        })
+        .next()
+}
+
+#[test]
+fn a_crashed_spawner_is_a_clear_error_and_the_next_sandbox_starts_a_new_one() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_root!();
+    if std::env::var_os("FORMICARY_NO_SPAWNER").is_some() {
+        println!("SKIP: the spawner is off");
+        return;
+    }
+    let engine = Engine::new(EngineConfig::default()).expect("engine");
+    assert!(engine.start_spawner(), "the spawner did not start");
+    let shape = SandboxShape::plain(&Limits::default());
+    let built_before = engine.prepare(&shape).expect("prepared");
+    let helper = spawner_pid().expect("the spawner runs");
+    // SAFETY: kill with integers; `helper` is this process's unreaped child.
+    assert_eq!(unsafe { libc::kill(helper, libc::SIGKILL) }, 0);
+    let error = match engine.prepare(&shape) {
+        Ok(_) => panic!("a sandbox was built by a dead spawner"),
+        Err(e) => e,
+    };
+    assert!(error.contains("sandbox spawner"), "{error}");
+    // The next sandbox starts a new spawner.
+    let built_after = engine.prepare(&shape).expect("a new spawner");
+    assert_ne!(spawner_pid(), Some(helper));
+    // Sandboxes are not the spawner's children: the one built before the
+    // crash still serves its request.
+    for prepared in [built_before, built_after] {
+        let result = engine.finish_staged(
+            &sh("echo ok"),
+            engine.run_prepared(prepared, &sh("echo ok")),
+        );
+        assert_eq!(result.status, Status::Ok, "{result:?}");
+        assert_eq!(result.stdout, "ok\n");
+    }
+    drop(engine);
+    assert_eq!(children(), 0, "inits or the spawner left behind");
     assert_eq!(own_cgroups(), 0);
 }
