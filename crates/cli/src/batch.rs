@@ -8,6 +8,7 @@ use formicary_engine::config::{EngineConfig, LimitOverrides};
 use formicary_engine::pool::SandboxPool;
 use formicary_engine::result::RunResult;
 use formicary_engine::sandbox::Engine;
+use formicary_engine::spawner::SpawnerProgram;
 use formicary_engine::spec::{InlineFile, SandboxSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -103,6 +104,9 @@ pub fn run_batch(
     output: impl Write + Send,
 ) -> anyhow::Result<()> {
     let engine = Arc::new(Engine::new(config).context("cannot start the sandbox engine")?);
+    // Many sandboxes from several threads: clone them from a helper
+    // process (this binary again; see `main`), not from this one.
+    engine.start_spawner(&SpawnerProgram::this_executable())?;
     let pool = SandboxPool::new(Arc::clone(&engine), warm)
         .context("cannot start the thread that builds sandboxes")?;
     let lines = Mutex::new(BoundedLines::new(input).enumerate());

@@ -46,6 +46,9 @@ fn network_of(
 }
 
 fn main() -> ExitCode {
+    // `formicary batch` runs this binary again as its sandbox spawner:
+    // that process serves the engine and never returns from here.
+    formicary_engine::spawner::main_if_spawner();
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Exec(args) => exec(&args),

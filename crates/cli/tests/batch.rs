@@ -112,3 +112,98 @@ fn a_line_that_is_not_utf8_is_refused_and_the_batch_goes_on() {
     );
     assert_eq!(by_id(&lines, &Value::from(3))["stdout"], "after\n");
 }
+
+/// The pids and command lines of `pid`'s children.
+fn children_of(pid: u32) -> Vec<(String, String)> {
+    let ppid = pid.to_string();
+    std::fs::read_dir("/proc")
+        .expect("list /proc")
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("stat"))
+                .ok()
+                .and_then(|s| {
+                    let after = s[s.rfind(')')? + 2..].to_string();
+                    after.split_whitespace().nth(1).map(|p| p == ppid)
+                })
+                .unwrap_or(false)
+        })
+        .filter_map(|e| {
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            Some((
+                e.file_name().to_string_lossy().into_owned(),
+                String::from_utf8_lossy(&cmdline).replace('\0', " "),
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn batch_clones_sandboxes_from_its_spawner_which_ends_with_it() {
+    require_root!();
+    let mut child = Command::new(BIN)
+        .args(["batch", "--jobs", "2", "--warm", "1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start formicary batch");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin
+        .write_all(b"{\"id\": 1, \"command\": [\"sleep\", \"2\"]}\n")
+        .expect("write a request");
+    stdin.flush().expect("flush");
+    // While the request runs: one spawner, and the sandboxes' inits
+    // (the running one, and the one built ahead), all batch's children.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let children = loop {
+        let children = children_of(child.id());
+        let inits = children
+            .iter()
+            .filter(|(_, c)| c.starts_with("formicary-init"))
+            .count();
+        if inits >= 2 || std::time::Instant::now() > deadline {
+            break children;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let spawners: Vec<&String> = children
+        .iter()
+        .filter(|(_, c)| c.starts_with("formicary-spawner __formicary-spawner"))
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(spawners.len(), 1, "{children:?}");
+    assert!(
+        children
+            .iter()
+            .filter(|(_, c)| c.starts_with("formicary-init"))
+            .count()
+            >= 2,
+        "{children:?}"
+    );
+    let spawner = std::path::Path::new("/proc").join(spawners[0]);
+    drop(stdin);
+    let out = child.wait_with_output().expect("wait for formicary batch");
+    assert_eq!(out.status.code(), Some(0));
+    let line: Value =
+        serde_json::from_slice(out.stdout.trim_ascii()).expect("one JSON result line");
+    assert_eq!(line["status"], "ok", "{line}");
+    // The spawner ended with the batch (its parent reaps it on the way out).
+    let still = std::fs::read(spawner.join("cmdline")).unwrap_or_default();
+    assert!(
+        !String::from_utf8_lossy(&still).starts_with("formicary-spawner"),
+        "the spawner outlived formicary batch"
+    );
+}
+
+#[test]
+fn the_spawner_is_not_a_command() {
+    let out = Command::new(BIN)
+        .arg("__formicary-spawner")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run formicary");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("sandbox spawner"), "{stderr}");
+}

@@ -62,9 +62,6 @@ impl SandboxPool {
     /// of a request with the engine's default limits.
     pub fn new(engine: Arc<Engine>, size: usize) -> std::io::Result<SandboxPool> {
         let shape = SandboxShape::plain(&engine.config().defaults);
-        // A pool serves many sandboxes from several threads: clone them
-        // from the engine's helper process.
-        engine.start_spawner();
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             wake: Condvar::new(),

@@ -20,13 +20,16 @@ use crate::cgroups::{Cgroup, CgroupLimits, CgroupUsage, HostCgroups};
 use crate::child::{self, Message};
 use crate::config::EngineConfig;
 use crate::idmap::{self, IdAllocator};
+use crate::init_clone::{
+    spawn_init, ChildMemory, FilterProgram, InitBase, InitShape, SpawnError, Spawned,
+};
 use crate::landlock;
 use crate::network::{self, NetworkPlan, RunningProxy};
 use crate::result::{classify, IsolationReport, RunResult, Status};
 use crate::rlimits::RlimitPlan;
 use crate::run_request;
 use crate::seccomp::{self, DenyMode, Notifier, Policy};
-use crate::spawner::{spawn_init, ChildMemory, InitBase, InitShape, SpawnError, Spawned, Spawner};
+use crate::spawner::{Spawner, SpawnerError, SpawnerProgram};
 use crate::spec::{Limits, SandboxSpec};
 use crate::supervisor::{self, Watch};
 use std::ffi::CString;
@@ -77,8 +80,8 @@ pub struct Engine {
     /// init's buffers, for cloning here.
     child_memory: ChildMemory,
     /// The helper that clones inits, once [`Engine::start_spawner`] has
-    /// been called (None inside: it could not be started, or is off).
-    spawner: std::sync::OnceLock<Option<Spawner>>,
+    /// started it.
+    spawner: std::sync::OnceLock<Spawner>,
 }
 
 /// Numbers this process's runs, for unique cgroup names across every
@@ -151,7 +154,7 @@ impl Engine {
             landlock_abi: landlock::abi_version(),
             user_notif,
             last_cap: crate::caps::last_cap()?,
-            arg_area: own_arg_area(),
+            arg_area: crate::init_clone::own_arg_area(),
         };
         if let Some(host) = &facts.cgroups {
             let _ = host.cleanup_stale(&config.cgroup_parent, &|name| stale_cgroup(name));
@@ -169,7 +172,7 @@ impl Engine {
             clear_groups: !facts.rootless,
             last_cap: facts.last_cap,
             arg_area: facts.arg_area,
-            filter,
+            filter: FilterProgram::new(filter.instructions()),
         };
         Ok(Engine {
             config,
@@ -183,25 +186,24 @@ impl Engine {
     }
 
     /// From now on, clone every sandbox's init from a small
-    /// single-threaded helper process instead of the calling thread (see
-    /// `spawner.rs`): the same sandbox, without the cost a clone of a
-    /// large multithreaded supervisor puts on its other threads (page
-    /// tables copied, copy-on-write faults and TLB shootdowns). Worth it
-    /// for a long-lived process serving many sandboxes from several
-    /// threads ([`crate::pool::SandboxPool`] calls it); a one-shot run is
-    /// faster without (starting the helper costs about half a
-    /// millisecond). Idempotent. Without a helper (it could not be
-    /// started, or `FORMICARY_NO_SPAWNER` is set), inits are cloned from
-    /// the calling thread as before. Returns whether the helper runs.
-    pub fn start_spawner(&self) -> bool {
-        self.spawner
-            .get_or_init(|| {
-                if std::env::var_os("FORMICARY_NO_SPAWNER").is_some() {
-                    return None;
-                }
-                Spawner::start(self.init_base.clone()).ok()
-            })
-            .is_some()
+    /// single-threaded helper process, `program`, instead of the calling
+    /// thread (see `spawner.rs`): the same sandbox, without the cost a
+    /// clone of a large multithreaded supervisor puts on its other threads
+    /// (page tables copied, copy-on-write faults and TLB shootdowns).
+    /// Worth it for a long-lived process serving many sandboxes from
+    /// several threads, such as one with a [`crate::pool::SandboxPool`]; a
+    /// one-shot run is faster without (the helper's start costs about a
+    /// millisecond). Does nothing if a helper was started already. The
+    /// helper lives as long as the engine; if it dies, the request that
+    /// finds it gone fails and the next one starts a new helper.
+    pub fn start_spawner(&self, program: &SpawnerProgram) -> Result<(), SpawnerError> {
+        if self.spawner.get().is_some() {
+            return Ok(());
+        }
+        let spawner = Spawner::start(&self.init_base, program)?;
+        // Two threads may race here: the loser's helper is stopped.
+        let _ = self.spawner.set(spawner);
+        Ok(())
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -395,7 +397,7 @@ impl Engine {
 
         // 5. Clone: init's plan (mounts, Landlock, seccomp, its buffers)
         // and the clone itself, in the spawner when there is one.
-        let spawned = match self.spawner.get().and_then(Option::as_ref) {
+        let spawned = match self.spawner.get() {
             Some(spawner) => spawner.spawn(&init_shape),
             None => spawn_init(&self.init_base, &self.child_memory, &init_shape, false),
         }
@@ -1024,19 +1026,6 @@ impl StageFds {
             _ => Err("a stage's output pipes were used twice".to_string()),
         }
     }
-}
-
-/// The start and end of this process's command line in memory: fields 48
-/// and 49 of /proc/self/stat (after the parenthesised command name, which
-/// may itself hold spaces).
-fn own_arg_area() -> Option<(usize, usize)> {
-    let stat = crate::sys::read_small_file("/proc/self/stat").ok()?;
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    // after_name starts at field 3 (state).
-    let start = fields.get(48 - 3)?.parse().ok()?;
-    let end = fields.get(49 - 3)?.parse().ok()?;
-    Some((start, end))
 }
 
 /// A cgroup name is `<pid>-<n>`; it is stale when that pid is gone.

@@ -1,5 +1,5 @@
-//! The spawner: a small single-threaded process that clones each sandbox's
-//! init on the supervisor's behalf.
+//! The spawner: a small single-threaded helper process that clones each
+//! sandbox's init on the supervisor's behalf.
 //!
 //! Cloning from the supervisor itself (multithreaded, with a heap that
 //! grows with its work) costs twice: clone copies and write-protects the
@@ -7,15 +7,17 @@
 //! write to each of those pages by any supervisor thread is a copy-on-write
 //! fault whose TLB flush interrupts every other core running the
 //! supervisor (an IPI, which a virtual machine makes expensive). The
-//! helper is forked once per engine, before the supervisor has much
-//! memory, and has one thread: its clones copy little, and their flushes
-//! reach no other core.
+//! helper is a freshly exec'd program (the embedding binary, run with
+//! [`SPAWNER_ARG`], whose `main` hands over to [`main_if_spawner`]), not a
+//! fork of the supervisor: it holds none of the supervisor's memory or
+//! locks, has one thread, and its clones copy little and flush no other
+//! core.
 //!
-//! What stays the same: init is cloned with the same flags, runs the same
-//! `child::run_init` on a plan built the same way (the helper builds the
-//! mount plan and the Landlock ruleset itself from the sandbox's shape,
-//! and has its own copy of the compiled seccomp filter and of init's
-//! buffers). `CLONE_PARENT` makes init the supervisor's child, not the
+//! What stays the same: init is cloned with the same flags and runs the
+//! same `child::run_init` on a plan made the same way
+//! (`init_clone::spawn_init`), from the same base, which the supervisor
+//! sends once (read-only paths, Landlock ABI, the compiled seccomp
+//! program). `CLONE_PARENT` makes init the supervisor's child, not the
 //! helper's: the supervisor writes its id maps, reaps it and supervises it
 //! exactly as when it cloned it itself, and init's parent-death signal is
 //! tied to the supervisor's spawner thread, which lives as long as the
@@ -26,68 +28,89 @@
 //! end-of-file on its socket. If it dies first, the request that finds it
 //! gone fails with a clear error, and the next request starts a new one.
 
-use crate::child::{self, ChildPlan, SeccompStep};
-use crate::landlock::{self, LandlockPlan, NetPolicy};
-use crate::mounts::MountPlan;
-use crate::run_request;
-use crate::seccomp::CompiledFilter;
-use crate::spec::ReadOnlyPath;
+use crate::init_clone::{self, spawn_init, ChildMemory, InitBase, InitShape, SpawnError, Spawned};
 use serde::{Deserialize, Serialize};
+use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::{mpsc, Mutex};
 use std::time::Duration;
 
+/// The first argument that makes a binary calling [`main_if_spawner`] a
+/// spawner helper.
+pub const SPAWNER_ARG: &str = "__formicary-spawner";
+
 /// How long the supervisor waits for the helper's answer before it gives
-/// the helper up (a clone and its plan take about a millisecond).
+/// the helper up (a clone and its plan take about a millisecond; the
+/// first answer follows the helper's start).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The largest request or answer (a shape's read-only paths, or an error).
 const PACKET_MAX: usize = 64 * 1024;
 
-/// What every sandbox's init plan is made of, fixed for the engine.
-#[derive(Clone)]
-pub(crate) struct InitBase {
-    /// The operator's read-only paths (a shape adds its own).
-    pub read_only: Vec<ReadOnlyPath>,
-    pub landlock_abi: Option<u32>,
-    pub user_notif: bool,
-    /// Drop supplementary groups (root only).
-    pub clear_groups: bool,
-    pub last_cap: u32,
-    pub arg_area: Option<(usize, usize)>,
-    pub filter: CompiledFilter,
+/// The largest base (the operator's read-only paths and a seccomp program
+/// of at most 4096 instructions, as JSON). Below the kernel's default
+/// socket buffer (208 KiB), which bounds one packet.
+const BASE_MAX: usize = 160 * 1024;
+
+/// The program an engine runs as its spawner helper.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpawnerProgram {
+    /// The executable: one whose `main` calls [`main_if_spawner`] first.
+    pub path: PathBuf,
+    /// Its arguments, starting with [`SPAWNER_ARG`].
+    pub args: Vec<OsString>,
 }
 
-/// The part of a sandbox's shape init's plan depends on.
-#[derive(Debug, Serialize, Deserialize)]
-pub(crate) struct InitShape {
-    pub disk_bytes: u64,
-    pub extra_read_only: Vec<ReadOnlyPath>,
-    pub proxy_port: Option<u16>,
+impl SpawnerProgram {
+    /// This process's own executable (`/proc/self/exe`, so the very file
+    /// this process runs, even if it was since replaced on disk), with
+    /// [`SPAWNER_ARG`]: for a binary whose `main` starts with
+    /// [`main_if_spawner`], as `formicary`'s does.
+    pub fn this_executable() -> SpawnerProgram {
+        SpawnerProgram {
+            path: PathBuf::from("/proc/self/exe"),
+            args: vec![OsString::from(SPAWNER_ARG)],
+        }
+    }
 }
 
-/// A cloned init: its pid, pidfd, and the supervisor's end of its socket.
-pub(crate) struct Spawned {
-    pub pid: libc::pid_t,
-    pub pidfd: OwnedFd,
-    pub sync: OwnedFd,
+/// Why the spawner helper could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnerError {
+    #[error("cannot start the sandbox spawner {program}: {source}")]
+    Start {
+        program: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "the sandbox spawner {program} did not answer ({reason}); it must be a program whose \
+         main calls formicary_engine::spawner::main_if_spawner first"
+    )]
+    Handshake { program: String, reason: String },
+    #[error("the engine's settings do not fit in one message to the sandbox spawner ({0} bytes of JSON, at most {BASE_MAX}): list fewer read-only paths")]
+    BaseTooLarge(usize),
 }
 
-/// Why no init was cloned.
-#[derive(Debug)]
-pub(crate) enum SpawnError {
-    /// The plan could not be made (a read-only path, the Landlock rules).
-    Plan(String),
-    /// clone3 failed.
-    Clone(io::Error),
-    /// The helper is gone or did not answer.
-    Spawner(String),
+/// If this process was started as a spawner helper (its first argument is
+/// [`SPAWNER_ARG`]), serves as one and exits; otherwise returns at once.
+/// A binary that embeds the engine and uses [`SpawnerProgram`] calls this
+/// first thing in `main`, before it starts threads or parses arguments.
+pub fn main_if_spawner() {
+    if std::env::args_os().nth(1).as_deref() == Some(OsStr::new(SPAWNER_ARG)) {
+        helper_main()
+    }
 }
 
-/// The helper's answer, as JSON.
+/// The helper's messages to the supervisor, as JSON.
 #[derive(Serialize, Deserialize)]
 enum Answer {
+    /// The base was received: ready for shapes.
+    Ready,
     /// Cloned; the pidfd and the socket are attached, in that order.
     Spawned {
         pid: libc::pid_t,
@@ -96,169 +119,14 @@ enum Answer {
     Clone(i32),
 }
 
-/// Memory that each sandbox's init uses as its own: the buffers its run
-/// request is received into, and pid 2's stack. Reserved once per process
-/// that clones inits and never touched by it: every clone gets a private
-/// (copy-on-write) copy, of which init touches only the pages it uses. So
-/// no run allocates or frees it.
-pub(crate) struct ChildMemory {
-    request_words: Vec<u64>,
-    pointers: Vec<*const libc::c_char>,
-    exec_stack: child::ExecStack,
-}
-
-// SAFETY: the raw pointers in `pointers` are never dereferenced by the
-// process that reserved them (the vector is only ever written by cloned
-// children, in their own copies), so sharing it between threads cannot
-// race on them.
-unsafe impl Send for ChildMemory {}
-// SAFETY: as above: the cloning process neither reads nor writes this memory.
-unsafe impl Sync for ChildMemory {}
-
-impl ChildMemory {
-    pub(crate) fn new() -> ChildMemory {
-        ChildMemory {
-            // Zeroed by the allocator: fresh pages, never touched here.
-            request_words: vec![0u64; run_request::REQUEST_MAX / 8],
-            pointers: vec![std::ptr::null(); run_request::POINTERS_MAX],
-            exec_stack: child::ExecStack::new(),
-        }
-    }
-
-    fn request_buffers(&self) -> child::RequestBuffers {
-        child::RequestBuffers {
-            // Only the child writes through these, into its own copy.
-            words: self.request_words.as_ptr().cast_mut(),
-            word_count: self.request_words.len(),
-            pointers: self.pointers.as_ptr().cast_mut(),
-            pointer_count: self.pointers.len(),
-        }
-    }
-}
-
-/// Makes init's plan for `shape` and clones init. `clone_parent`: init
-/// becomes the caller's parent's child (the helper's case).
-pub(crate) fn spawn_init(
-    base: &InitBase,
-    memory: &ChildMemory,
-    shape: &InitShape,
-    clone_parent: bool,
-) -> Result<Spawned, SpawnError> {
-    let mut read_only = base.read_only.clone();
-    read_only.extend(shape.extra_read_only.iter().cloned());
-    let mounts = MountPlan::prepare(&read_only, shape.disk_bytes)
-        .map_err(|e| SpawnError::Plan(e.to_string()))?;
-    let landlock_plan = match base.landlock_abi {
-        Some(abi) => Some(
-            LandlockPlan::prepare(
-                abi,
-                &landlock::default_rules(),
-                &NetPolicy {
-                    connect_tcp_ports: shape.proxy_port.into_iter().collect(),
-                },
-            )
-            .map_err(|e| SpawnError::Plan(e.to_string()))?,
-        ),
-        None => None,
-    };
-    let (sync_parent, sync_child) = crate::sys::seqpacket_pair()
-        .map_err(|e| SpawnError::Plan(format!("cannot create a socket pair: {e}")))?;
-    let fprog = base.filter.as_fprog();
-    let plan = ChildPlan {
-        sync_fd: sync_child.as_raw_fd(),
-        clear_groups: base.clear_groups,
-        mounts: &mounts,
-        last_cap: base.last_cap,
-        landlock: landlock_plan.as_ref(),
-        seccomp: if base.user_notif {
-            SeccompStep::Notify(&fprog)
-        } else {
-            SeccompStep::Errno(&fprog)
-        },
-        request: memory.request_buffers(),
-        exec_stack: &memory.exec_stack,
-        arg_area: base.arg_area,
-        proxy_port: shape.proxy_port,
-    };
-    let (pid, pidfd) = clone_sandbox(&plan, clone_parent).map_err(SpawnError::Clone)?;
-    // The child has its own copies of the plan, buffers and descriptors.
-    drop(sync_child);
-    Ok(Spawned {
-        pid,
-        pidfd,
-        sync: sync_parent,
-    })
-}
-
-/// clone3 into new namespaces; the child runs init and never returns.
-/// Not the network namespace: init makes that one itself, while a helper
-/// builds its root (see `child.rs`), rather than here before either starts.
-fn clone_sandbox(plan: &ChildPlan<'_>, clone_parent: bool) -> io::Result<(libc::pid_t, OwnedFd)> {
-    #[repr(C)]
-    #[derive(Default)]
-    struct CloneArgs {
-        flags: u64,
-        pidfd: u64,
-        child_tid: u64,
-        parent_tid: u64,
-        exit_signal: u64,
-        stack: u64,
-        stack_size: u64,
-        tls: u64,
-        set_tid: u64,
-        set_tid_size: u64,
-        cgroup: u64,
-    }
-    let mut pidfd: libc::c_int = -1;
-    let mut flags = libc::CLONE_NEWUSER
-        | libc::CLONE_NEWNS
-        | libc::CLONE_NEWPID
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWUTS
-        | libc::CLONE_PIDFD;
-    if clone_parent {
-        flags |= libc::CLONE_PARENT;
-    }
-    let args = CloneArgs {
-        flags: flags as u64,
-        pidfd: &mut pidfd as *mut libc::c_int as u64,
-        // With CLONE_PARENT the kernel uses the caller's own exit signal
-        // (SIGCHLD: the helper was forked) instead.
-        exit_signal: if clone_parent {
-            0
-        } else {
-            libc::SIGCHLD as u64
-        },
-        ..CloneArgs::default()
-    };
-    // SAFETY: clone3 without CLONE_VM behaves like fork: the child gets a
-    // copy of the address space and continues here on its own copy of the
-    // stack. In the child only `child::run_init` runs, which is
-    // async-signal-safe and never returns.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &args as *const CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if ret == 0 {
-        child::run_init(plan);
-    }
-    // SAFETY: CLONE_PIDFD stored a fresh descriptor we own.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    Ok((ret as libc::pid_t, pidfd))
-}
-
 /// The supervisor's side: the helper, restarted when it is found gone.
 pub(crate) struct Spawner {
-    base: InitBase,
+    program: SpawnerProgram,
+    /// The base, as JSON: the helper's first message.
+    base: Vec<u8>,
     live: Mutex<Option<Helper>>,
-    /// Asks the spawner thread to fork a helper.
-    forker: Mutex<mpsc::Sender<ForkOrder>>,
+    /// Asks the spawner thread to start a helper process.
+    starter: Mutex<mpsc::Sender<StartOrder>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -269,32 +137,46 @@ struct Helper {
     socket: OwnedFd,
 }
 
-/// What the spawner thread forks a helper with, and where it answers.
-struct ForkOrder {
-    base: InitBase,
+/// What the spawner thread starts a helper with, and where it answers.
+struct StartOrder {
+    program: SpawnerProgram,
+    /// The helper's end of its socket, which becomes its stdin.
     socket: OwnedFd,
     answer: mpsc::SyncSender<io::Result<libc::pid_t>>,
 }
 
 impl Spawner {
-    /// Starts the spawner thread and a first helper. The thread forks
+    /// Starts the spawner thread and a first helper. The thread starts
     /// every helper, so that their parent (and, through `CLONE_PARENT`,
     /// every init's parent, whose death their parent-death signal follows)
     /// is a thread that lives exactly as long as the engine.
-    pub(crate) fn start(base: InitBase) -> io::Result<Spawner> {
-        let (tx, rx) = mpsc::channel::<ForkOrder>();
+    pub(crate) fn start(
+        base: &InitBase,
+        program: &SpawnerProgram,
+    ) -> Result<Spawner, SpawnerError> {
+        let start_error = |source| SpawnerError::Start {
+            program: program.path.display().to_string(),
+            source,
+        };
+        let base = serde_json::to_vec(base).map_err(|e| start_error(io::Error::other(e)))?;
+        if base.len() > BASE_MAX {
+            return Err(SpawnerError::BaseTooLarge(base.len()));
+        }
+        let (tx, rx) = mpsc::channel::<StartOrder>();
         let thread = std::thread::Builder::new()
             .name("formicary-spawner".to_string())
             .spawn(move || {
                 for order in rx {
-                    let answer = fork_helper(order.base, order.socket);
+                    let answer = start_helper_process(&order.program, order.socket);
                     let _ = order.answer.send(answer);
                 }
-            })?;
+            })
+            .map_err(start_error)?;
         let spawner = Spawner {
+            program: program.clone(),
             base,
             live: Mutex::new(None),
-            forker: Mutex::new(tx),
+            starter: Mutex::new(tx),
             thread: Some(thread),
         };
         let helper = spawner.start_helper()?;
@@ -302,39 +184,61 @@ impl Spawner {
         Ok(spawner)
     }
 
-    fn start_helper(&self) -> io::Result<Helper> {
-        let (ours, theirs) = crate::sys::seqpacket_pair()?;
-        set_receive_timeout(&ours, ANSWER_TIMEOUT)?;
+    /// Starts a helper and hands it the base.
+    fn start_helper(&self) -> Result<Helper, SpawnerError> {
+        let name = || self.program.path.display().to_string();
+        let start_error = |source| SpawnerError::Start {
+            program: name(),
+            source,
+        };
+        let (ours, theirs) = crate::sys::seqpacket_pair().map_err(start_error)?;
+        set_receive_timeout(&ours, ANSWER_TIMEOUT).map_err(start_error)?;
         let (answer, answered) = mpsc::sync_channel(1);
-        self.forker
+        let gone = || start_error(io::Error::other("the spawner thread is gone"));
+        self.starter
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .send(ForkOrder {
-                base: self.base.clone(),
+            .send(StartOrder {
+                program: self.program.clone(),
                 socket: theirs,
                 answer,
             })
-            .map_err(|_| io::Error::other("the spawner thread is gone"))?;
-        let pid = answered
-            .recv()
-            .map_err(|_| io::Error::other("the spawner thread is gone"))??;
+            .map_err(|_| gone())?;
+        let pid = answered.recv().map_err(|_| gone())?.map_err(start_error)?;
         // The helper is an unreaped child of this process: its pid cannot
         // be recycled before the pidfd is open.
-        let pidfd = crate::sys::pidfd_open(pid)?;
-        Ok(Helper {
+        let pidfd = match crate::sys::pidfd_open(pid) {
+            Ok(fd) => fd,
+            Err(e) => {
+                let _ = crate::sys::wait_pid(pid);
+                return Err(start_error(e));
+            }
+        };
+        let helper = Helper {
             pid,
             pidfd,
             socket: ours,
-        })
+        };
+        match handshake(&helper, &self.base) {
+            Ok(()) => Ok(helper),
+            Err(reason) => {
+                helper.stop();
+                Err(SpawnerError::Handshake {
+                    program: name(),
+                    reason,
+                })
+            }
+        }
     }
 
     /// Has the helper clone an init for `shape`.
     pub(crate) fn spawn(&self, shape: &InitShape) -> Result<Spawned, SpawnError> {
         let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
         if live.is_none() {
-            *live = Some(self.start_helper().map_err(|e| {
-                SpawnError::Spawner(format!("cannot start the sandbox spawner: {e}"))
-            })?);
+            *live = Some(
+                self.start_helper()
+                    .map_err(|e| SpawnError::Spawner(e.to_string()))?,
+            );
         }
         let Some(helper) = live.as_ref() else {
             return Err(SpawnError::Spawner("no sandbox spawner".to_string()));
@@ -373,12 +277,61 @@ impl Drop for Spawner {
         // Closing the order channel ends the spawner thread.
         let (closed, _) = mpsc::channel();
         drop(std::mem::replace(
-            &mut *self.forker.lock().unwrap_or_else(|e| e.into_inner()),
+            &mut *self.starter.lock().unwrap_or_else(|e| e.into_inner()),
             closed,
         ));
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// Runs the helper program (on the spawner thread) with `socket` as its
+/// stdin, nothing else open, an empty environment, and a parent-death
+/// signal. Returns its pid.
+fn start_helper_process(program: &SpawnerProgram, socket: OwnedFd) -> io::Result<libc::pid_t> {
+    let parent = std::process::id() as libc::pid_t;
+    let mut command = Command::new(&program.path);
+    command
+        .arg0("formicary-spawner")
+        .args(&program.args)
+        .env_clear()
+        .stdin(Stdio::from(socket))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: the closure runs in the forked child before exec, where only
+    // async-signal-safe calls are allowed: it makes two system calls
+    // (prctl, getppid) and builds errors from errno without allocating.
+    unsafe {
+        command.pre_exec(move || {
+            // Die with the spawner thread (the engine, or the process).
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent died before the signal was set: it never comes.
+            if libc::getppid() != parent {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    // Not waited on through `child`: `Helper::stop` reaps it by pid.
+    Ok(child.id() as libc::pid_t)
+}
+
+/// Sends the base and waits for the helper's `Ready`.
+fn handshake(helper: &Helper, base: &[u8]) -> Result<(), String> {
+    crate::sys::send_with_fds(helper.socket.as_fd(), base, &[])
+        .map_err(|e| format!("cannot send it the engine's settings: {e}"))?;
+    let mut buf = [0u8; 64];
+    match crate::sys::recv_with_fds(helper.socket.as_fd(), &mut buf) {
+        Ok((0, _)) => Err("it exited".to_string()),
+        Ok((n, _)) => match serde_json::from_slice(&buf[..n]) {
+            Ok(Answer::Ready) => Ok(()),
+            _ => Err("it answered something else than ready".to_string()),
+        },
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -406,6 +359,7 @@ fn ask(helper: &Helper, shape: &InitShape) -> io::Result<Result<Spawned, SpawnEr
         }
         Answer::Plan(message) => Err(SpawnError::Plan(message)),
         Answer::Clone(errno) => Err(SpawnError::Clone(io::Error::from_raw_os_error(errno))),
+        Answer::Ready => return Err(io::Error::other("it answered ready twice")),
     })
 }
 
@@ -430,115 +384,120 @@ fn set_receive_timeout(socket: &OwnedFd, timeout: Duration) -> io::Result<()> {
     Ok(())
 }
 
-/// Forks a helper serving `socket` (on the spawner thread).
-fn fork_helper(base: InitBase, socket: OwnedFd) -> io::Result<libc::pid_t> {
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: fork in a possibly multithreaded process. The child runs
-    // only `helper_main`, which never returns; it allocates (glibc's
-    // allocator is fork-safe: its locks are reset in the child) and makes
-    // system calls, and takes no other lock another thread could have
-    // held at the fork.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
+/// The helper process: one thread, serving its socket (stdin) until it
+/// closes. Started by someone else than a supervisor (its stdin is not a
+/// socket), it says what it is and exits with 2.
+fn helper_main() -> ! {
+    // SAFETY: fd 0 is this process's stdin; only borrowed for this check.
+    let stdin = unsafe { BorrowedFd::borrow_raw(0) };
+    if !is_seqpacket_socket(stdin) {
+        eprintln!(
+            "formicary: `{SPAWNER_ARG}` runs formicary's sandbox spawner, which formicary starts itself; it is not a command"
+        );
+        std::process::exit(2);
+    }
+    let code = match take_socket() {
+        Ok(socket) => match serve(socket) {
+            Ok(()) => 0,
+            Err(_) => 1,
+        },
+        Err(_) => 1,
+    };
+    std::process::exit(code)
+}
+
+fn is_seqpacket_socket(fd: BorrowedFd<'_>) -> bool {
+    let mut kind: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `kind`.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut kind as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    r == 0 && kind == libc::SOCK_SEQPACKET
+}
+
+/// Moves the socket (stdin) above 2, with /dev/null as 0, and closes every
+/// other descriptor above 2, so that init's descriptors never land on 0 to
+/// 2 (init installs each stage's stdio there) and the helper holds nothing
+/// else open.
+fn take_socket() -> io::Result<OwnedFd> {
+    // SAFETY: fcntl returns a fresh descriptor, ours.
+    let socket = unsafe {
+        let moved = libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3);
+        if moved < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        OwnedFd::from_raw_fd(moved)
+    };
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    // SAFETY: dup2 onto this process's own stdin, replacing the socket
+    // there (its copy above 2 is kept).
+    if unsafe { libc::dup2(null.as_raw_fd(), 0) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    if pid == 0 {
-        helper_main(&base, socket.as_raw_fd(), parent);
-    }
-    Ok(pid)
-}
-
-/// The helper: one thread, serving requests until its socket closes.
-fn helper_main(base: &InitBase, socket: RawFd, parent: libc::pid_t) -> ! {
-    let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        // SAFETY: prctl and getppid take and return integers.
-        unsafe {
-            // Die with the spawner thread (the engine, or the process).
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) < 0
-                || libc::getppid() != parent
-            {
-                return;
-            }
-        }
-        let Some(socket) = keep_only(socket) else {
-            return;
-        };
-        let memory = ChildMemory::new();
-        serve(base, &memory, socket);
-    }));
-    let _ = served;
-    // SAFETY: _exit never returns, and runs none of the supervisor's
-    // destructors or exit handlers in this copy of it.
-    unsafe { libc::_exit(0) }
-}
-
-/// Closes every descriptor the fork copied but `socket` (moved above 2),
-/// with /dev/null as 0, 1 and 2, so that init's descriptors never land on
-/// 0 to 2 (init installs each stage's stdio there) and the helper holds
-/// none of the supervisor's files or pipes open. The new number of
-/// `socket`, or None on failure.
-fn keep_only(socket: RawFd) -> Option<RawFd> {
-    // SAFETY: fcntl, open, dup2 and close_range on integers and a static
-    // C string; every descriptor touched is this process's own.
+    drop(null);
+    let keep = socket.as_raw_fd() as libc::c_uint;
+    // SAFETY: close_range on this process's own descriptors, none of which
+    // is owned by anything still in use (the process has just started).
     unsafe {
-        let moved = libc::fcntl(socket, libc::F_DUPFD_CLOEXEC, 3);
-        if moved < 0 {
-            return None;
+        if keep > 3 {
+            libc::syscall(libc::SYS_close_range, 3 as libc::c_uint, keep - 1, 0);
         }
-        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
-        if null < 0 {
-            return None;
-        }
-        for target in 0..3 {
-            if null != target && libc::dup2(null, target) < 0 {
-                return None;
-            }
-        }
-        let first_free = (null.max(2) + 1) as libc::c_uint;
-        let moved_u = moved as libc::c_uint;
-        if moved_u > first_free {
-            libc::syscall(libc::SYS_close_range, first_free, moved_u - 1, 0);
-        }
-        if null > 2 {
-            libc::close(null);
-        }
-        libc::syscall(libc::SYS_close_range, moved_u + 1, libc::c_uint::MAX, 0);
-        Some(moved)
+        libc::syscall(libc::SYS_close_range, keep + 1, libc::c_uint::MAX, 0);
     }
+    Ok(socket)
 }
 
-fn serve(base: &InitBase, memory: &ChildMemory, socket: RawFd) {
-    // SAFETY: `socket` is this process's own descriptor, kept by
-    // `keep_only`, and owned here from now on.
-    let socket = unsafe { OwnedFd::from_raw_fd(socket) };
-    let mut buf = vec![0u8; PACKET_MAX];
+/// Receives the base, answers ready, then clones an init per shape.
+fn serve(socket: OwnedFd) -> io::Result<()> {
+    let mut buf = vec![0u8; BASE_MAX];
+    let (n, _) = crate::sys::recv_with_fds(socket.as_fd(), &mut buf)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let mut base: InitBase = serde_json::from_slice(&buf[..n]).map_err(io::Error::other)?;
+    base.arg_area = init_clone::own_arg_area();
+    let memory = ChildMemory::new();
+    send(socket.as_fd(), &Answer::Ready, &[])?;
+    buf.truncate(PACKET_MAX);
     loop {
-        let n = match crate::sys::recv_with_fds(socket.as_fd(), &mut buf) {
-            Ok((0, _)) | Err(_) => return,
-            Ok((n, _)) => n,
+        let n = match crate::sys::recv_with_fds(socket.as_fd(), &mut buf)? {
+            (0, _) => return Ok(()),
+            (n, _) => n,
         };
         let spawned = match serde_json::from_slice::<InitShape>(&buf[..n]) {
-            Ok(shape) => spawn_init(base, memory, &shape, true),
+            Ok(shape) => spawn_init(&base, &memory, &shape, true),
             Err(e) => Err(SpawnError::Plan(format!("malformed request: {e}"))),
         };
-        let (answer, fds) = match spawned {
-            Ok(s) => (Answer::Spawned { pid: s.pid }, Some(s)),
-            Err(SpawnError::Plan(m)) | Err(SpawnError::Spawner(m)) => (Answer::Plan(m), None),
-            Err(SpawnError::Clone(e)) => {
-                (Answer::Clone(e.raw_os_error().unwrap_or(libc::EIO)), None)
+        match spawned {
+            Ok(s) => send(
+                socket.as_fd(),
+                &Answer::Spawned { pid: s.pid },
+                &[s.pidfd.as_raw_fd(), s.sync.as_raw_fd()],
+            )?,
+            // The supervisor holds its own copies now; `s` closes ours.
+            Err(SpawnError::Plan(m)) | Err(SpawnError::Spawner(m)) => {
+                send(socket.as_fd(), &Answer::Plan(m), &[])?
             }
-        };
-        let Ok(bytes) = serde_json::to_vec(&answer) else {
-            return;
-        };
-        let attached: Vec<RawFd> = fds
-            .iter()
-            .flat_map(|s| [s.pidfd.as_raw_fd(), s.sync.as_raw_fd()])
-            .collect();
-        if crate::sys::send_with_fds(socket.as_fd(), &bytes, &attached).is_err() {
-            return;
+            Err(SpawnError::Clone(e)) => send(
+                socket.as_fd(),
+                &Answer::Clone(e.raw_os_error().unwrap_or(libc::EIO)),
+                &[],
+            )?,
         }
-        // The supervisor holds its own copies now.
-        drop(fds);
     }
+}
+
+fn send(socket: BorrowedFd<'_>, answer: &Answer, fds: &[RawFd]) -> io::Result<()> {
+    let bytes = serde_json::to_vec(answer).map_err(io::Error::other)?;
+    crate::sys::send_with_fds(socket, &bytes, fds)
 }

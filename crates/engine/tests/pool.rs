@@ -7,6 +7,7 @@ use formicary_engine::config::EngineConfig;
 use formicary_engine::pool::SandboxPool;
 use formicary_engine::result::{LimitKind, Status};
 use formicary_engine::sandbox::{Engine, SandboxShape};
+use formicary_engine::spawner::{SpawnerProgram, SPAWNER_ARG};
 use formicary_engine::spec::{InlineFile, Limits, SandboxSpec, Stage};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -72,11 +73,34 @@ fn wait_until(what: &str, f: impl Fn() -> bool) {
     }
 }
 
+/// The engine's spawner helper, built with these tests.
+fn spawner_program() -> SpawnerProgram {
+    SpawnerProgram {
+        path: env!("CARGO_BIN_EXE_formicary-spawner").into(),
+        args: vec![SPAWNER_ARG.into()],
+    }
+}
+
 #[test]
 fn pooled_requests_never_see_each_other() {
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     require_root!();
+    pooled_requests_never_see_each_other_with(None);
+}
+
+#[test]
+fn pooled_requests_never_see_each_other_with_a_spawner() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_root!();
+    pooled_requests_never_see_each_other_with(Some(spawner_program()));
+}
+
+fn pooled_requests_never_see_each_other_with(spawner: Option<SpawnerProgram>) {
     let engine = Arc::new(Engine::new(EngineConfig::default()).expect("engine"));
+    if let Some(program) = &spawner {
+        engine.start_spawner(program).expect("the spawner starts");
+        assert!(spawner_pid().is_some(), "no spawner runs");
+    }
     let pool = SandboxPool::new(Arc::clone(&engine), 2).expect("pool");
     wait_until("the pool is warm", || pool.ready() == 2);
     let mut uids = std::collections::HashSet::new();
@@ -238,12 +262,10 @@ fn spawner_pid() -> Option<i32> {
 fn a_crashed_spawner_is_a_clear_error_and_the_next_sandbox_starts_a_new_one() {
     let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     require_root!();
-    if std::env::var_os("FORMICARY_NO_SPAWNER").is_some() {
-        println!("SKIP: the spawner is off");
-        return;
-    }
     let engine = Engine::new(EngineConfig::default()).expect("engine");
-    assert!(engine.start_spawner(), "the spawner did not start");
+    engine
+        .start_spawner(&spawner_program())
+        .expect("the spawner starts");
     let shape = SandboxShape::plain(&Limits::default());
     let built_before = engine.prepare(&shape).expect("prepared");
     let helper = spawner_pid().expect("the spawner runs");
@@ -270,4 +292,36 @@ fn a_crashed_spawner_is_a_clear_error_and_the_next_sandbox_starts_a_new_one() {
     drop(engine);
     assert_eq!(children(), 0, "inits or the spawner left behind");
     assert_eq!(own_cgroups(), 0);
+}
+
+#[test]
+fn a_program_that_is_not_a_spawner_is_refused_with_a_clear_error() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_root!();
+    let engine = Engine::new(EngineConfig::default()).expect("engine");
+    let not_a_spawner = SpawnerProgram {
+        path: "/bin/true".into(),
+        args: vec![SPAWNER_ARG.into()],
+    };
+    let error = engine
+        .start_spawner(&not_a_spawner)
+        .expect_err("/bin/true is no spawner")
+        .to_string();
+    assert!(
+        error.contains("/bin/true") && error.contains("main_if_spawner"),
+        "{error}"
+    );
+    let missing = SpawnerProgram {
+        path: "/nonexistent/formicary".into(),
+        args: Vec::new(),
+    };
+    let error = engine
+        .start_spawner(&missing)
+        .expect_err("no such program")
+        .to_string();
+    assert!(error.contains("/nonexistent/formicary"), "{error}");
+    // Sandboxes are still cloned here, and nothing was left behind.
+    let result = engine.run(&sh("echo ok"));
+    assert_eq!(result.status, Status::Ok, "{result:?}");
+    assert_eq!(children(), 0, "a helper was left behind");
 }
