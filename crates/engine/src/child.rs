@@ -470,6 +470,10 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
             }
         }
     }
+    // And its name (comm, what top shows), inherited from whichever
+    // process cloned it.
+    // SAFETY: prctl reads a NUL-terminated name of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"formicary-init".as_ptr(), 0, 0, 0) };
     // init is made not dumpable below, once the id maps are written, not
     // here: a process that is not dumpable has its /proc files owned by
     // root, and a rootless supervisor could then not write its

@@ -396,6 +396,10 @@ fn helper_main() -> ! {
         );
         std::process::exit(2);
     }
+    // The kernel named this process after the file it runs
+    // (`/proc/self/exe`: "exe"); say what it is in ps and top.
+    // SAFETY: prctl reads a NUL-terminated name of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"formicary-spawn".as_ptr(), 0, 0, 0) };
     let code = match take_socket() {
         Ok(socket) => match serve(socket) {
             Ok(()) => 0,
