@@ -196,6 +196,24 @@ fn inherited_file_descriptors_are_closed() {
 }
 
 #[test]
+fn program_starts_with_default_signal_dispositions_and_nothing_blocked() {
+    require_root!();
+    // formicary (Rust) ignores SIGPIPE itself; the program must not
+    // inherit that: `yes | head -1` ends yes with SIGPIPE, silently.
+    let r = sh("grep -E '^Sig(Ign|Blk)' /proc/self/status; yes | head -1").run();
+    assert_eq!(r.status(), "ok", "{:?}", r.json);
+    assert_eq!(
+        r.stdout(),
+        "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\ny\n"
+    );
+    assert_eq!(
+        r.stderr_of_program(),
+        "",
+        "yes wrote to a closed pipe and lived"
+    );
+}
+
+#[test]
 fn program_leads_its_own_session() {
     require_root!();
     let r =

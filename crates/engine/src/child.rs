@@ -447,6 +447,49 @@ fn wait_for_root_builder(builder: libc::pid_t) -> Result<(), ChildFailure> {
     }
 }
 
+/// Every signal's disposition back to the default, and an empty mask.
+/// Raw system calls: glibc's `sigaction` refuses its own two real-time
+/// signals, which a caller may still have ignored. (SIGKILL and SIGSTOP
+/// cannot be changed: those two calls fail, harmlessly.)
+fn reset_signals() {
+    /// The kernel's `struct sigaction` on x86-64 and aarch64.
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: usize,
+        flags: u64,
+        restorer: usize,
+        mask: u64,
+    }
+    let default = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    let empty: u64 = 0;
+    // SAFETY: rt_sigaction and rt_sigprocmask read the structures given,
+    // which live on this stack, with the kernel's signal set size (8); no
+    // old value is written back. Raw system calls are async-signal-safe.
+    unsafe {
+        for signal in 1..=64 {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                &default as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8usize,
+            );
+        }
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &empty as *const u64,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        );
+    }
+}
+
 fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
     // 1. Die with the supervisor. (If it is already gone, the read below
     // sees EOF and we exit.)
@@ -455,6 +498,13 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) },
         "set the parent-death signal",
     )?;
+    // Signal dispositions and the signal mask are inherited from the
+    // thread that cloned init, and ignored signals and the mask survive
+    // execve: a Rust supervisor ignores SIGPIPE, and an embedding server
+    // may block or ignore others (an ignored SIGCHLD would even take the
+    // programs' exit statuses from init). Every program starts as it would
+    // from a shell: default dispositions, nothing blocked.
+    reset_signals();
     // The command line init inherited is the supervisor's: blank it.
     if let Some((start, end)) = plan.arg_area {
         if end > start {
