@@ -214,15 +214,25 @@ pub fn write_all(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads what is available into `buf` (0 at EOF; WouldBlock if nothing).
-pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for writes of its length.
-    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+/// Reads from `fd` into the spare capacity of `buf` (at most `max` bytes,
+/// reserving room for them first) and appends what was read. No byte of
+/// the buffer is touched beyond those the kernel writes, so a large read
+/// size costs no page faults for pages that stay empty.
+pub fn read_append(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    buf.reserve(max);
+    let spare = buf.spare_capacity_mut();
+    let want = spare.len().min(max);
+    // SAFETY: `spare` is valid for writes of `want <= spare.len()` bytes;
+    // read(2) writes at most `want` bytes there and nothing else.
+    let n = unsafe { libc::read(fd.as_raw_fd(), spare.as_mut_ptr().cast(), want) };
     if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
+        return Err(io::Error::last_os_error());
     }
+    let n = n as usize;
+    // SAFETY: read(2) initialised the first `n <= want` bytes of the spare
+    // capacity, which directly follow the vector's current contents.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
 }
 
 /// Sets O_NONBLOCK on `fd`.
