@@ -26,12 +26,13 @@ fn cvt_long(ret: libc::c_long) -> io::Result<libc::c_long> {
 /// Reads a small file whole, as text. Files in /proc and cgroupfs report
 /// a size of 0, so `std::fs::read_to_string` reads them in growing chunks
 /// from 32 bytes (eight reads for a 1 KiB `/proc/self/mountinfo`, each
-/// regenerating its part); this reads 16 KiB at a time (two reads). Nor
+/// regenerating its part); this reads 4 KiB at a time (two reads). Nor
 /// does it ask the file's size and position first (`read_to_end` on a
 /// `File` makes a statx and an lseek that tell nothing here): open, read
 /// to end of file, close.
 pub fn read_small_file(path: impl AsRef<std::path::Path>) -> io::Result<String> {
-    const CHUNK: usize = 16 * 1024;
+    // Most such files fit in a page, mountinfo in a few.
+    const CHUNK: usize = 4096;
     let file = std::fs::File::open(path)?;
     let mut bytes = Vec::new();
     loop {
