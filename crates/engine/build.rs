@@ -68,7 +68,12 @@ fn render(policy: &ParsedPolicy) -> String {
         // BTreeMap iteration order: sorted by name, as `Policy` keeps them.
         let _ = writeln!(s, "    {field}: &[");
         for (name, reason) in section {
-            let _ = writeln!(s, "        ({name:?}, {reason:?}),");
+            // The syscall's number on each architecture (x86_64, aarch64;
+            // NO_NR where it does not exist), so that compiling the filter
+            // looks up no name at run time.
+            let x86_64 = number(name.parse::<syscalls::x86_64::Sysno>().map(|s| s.id()));
+            let aarch64 = number(name.parse::<syscalls::aarch64::Sysno>().map(|s| s.id()));
+            let _ = writeln!(s, "        ({name:?}, {reason:?}, [{x86_64}, {aarch64}]),");
         }
         s.push_str("    ],\n");
     }
@@ -87,6 +92,15 @@ fn render(policy: &ParsedPolicy) -> String {
     }
     s.push_str("    ],\n}\n");
     s
+}
+
+/// A syscall's number as a Rust literal: `NO_NR` when the architecture
+/// has no such syscall (as `Arch::syscall_nr` decides at run time).
+fn number(id: Result<i32, ()>) -> String {
+    match id.ok().and_then(|id| u32::try_from(id).ok()) {
+        Some(nr) if nr != u32::MAX => format!("{nr}"),
+        _ => "NO_NR".to_string(),
+    }
 }
 
 fn hex_list(values: &[u32]) -> String {

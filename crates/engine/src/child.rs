@@ -953,19 +953,23 @@ fn install_stdio(fds: [RawFd; 3]) -> Result<(), ChildFailure> {
 }
 
 /// The stack the root builder runs on, and then each program until its
-/// execve: reserved by the supervisor
-/// before the clone, since init may not allocate. Zeroed by the allocator
-/// (calloc: fresh pages, touched only as they are used).
-pub struct ExecStack(Vec<u128>);
+/// execve: reserved by the supervisor before the clone, since init may not
+/// allocate. Left uninitialised: the supervisor never touches it, and a
+/// clone touches only the pages it uses. (Zeroing it was not free: calloc
+/// clears whatever part of its block the heap held already, up to 16 pages
+/// and as many page faults at every engine start.) A stack needs no zeroes;
+/// and init's memory is a copy of the supervisor's anyway.
+pub struct ExecStack(Box<[std::mem::MaybeUninit<u128>]>);
 
 impl ExecStack {
     /// 64 KiB, 16-byte aligned (u128 elements).
     pub fn new() -> ExecStack {
-        ExecStack(vec![0u128; 64 * 1024 / 16])
+        ExecStack(Box::new_uninit_slice(64 * 1024 / 16))
     }
 
     fn as_ptr_range(&self) -> std::ops::Range<*const u128> {
-        self.0.as_ptr_range()
+        let range = self.0.as_ptr_range();
+        range.start.cast::<u128>()..range.end.cast::<u128>()
     }
 }
 

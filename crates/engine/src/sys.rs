@@ -26,11 +26,23 @@ fn cvt_long(ret: libc::c_long) -> io::Result<libc::c_long> {
 /// Reads a small file whole, as text. Files in /proc and cgroupfs report
 /// a size of 0, so `std::fs::read_to_string` reads them in growing chunks
 /// from 32 bytes (eight reads for a 1 KiB `/proc/self/mountinfo`, each
-/// regenerating its part); this reads into 16 KiB at once (two reads).
+/// regenerating its part); this reads 4 KiB at a time (two reads). Nor
+/// does it ask the file's size and position first (`read_to_end` on a
+/// `File` makes a statx and an lseek that tell nothing here): open, read
+/// to end of file, close.
 pub fn read_small_file(path: impl AsRef<std::path::Path>) -> io::Result<String> {
-    use std::io::Read;
-    let mut bytes = Vec::with_capacity(16 * 1024);
-    std::fs::File::open(path)?.read_to_end(&mut bytes)?;
+    // Most such files fit in a page, mountinfo in a few.
+    const CHUNK: usize = 4096;
+    let file = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    loop {
+        match read_append(std::os::fd::AsFd::as_fd(&file), &mut bytes, CHUNK) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
     String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
@@ -272,15 +284,25 @@ pub fn write_all(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads what is available into `buf` (0 at EOF; WouldBlock if nothing).
-pub fn read(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for writes of its length.
-    let n = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+/// Reads from `fd` into the spare capacity of `buf` (at most `max` bytes,
+/// reserving room for them first) and appends what was read. No byte of
+/// the buffer is touched beyond those the kernel writes, so a large read
+/// size costs no page faults for pages that stay empty.
+pub fn read_append(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    buf.reserve(max);
+    let spare = buf.spare_capacity_mut();
+    let want = spare.len().min(max);
+    // SAFETY: `spare` is valid for writes of `want <= spare.len()` bytes;
+    // read(2) writes at most `want` bytes there and nothing else.
+    let n = unsafe { libc::read(fd.as_raw_fd(), spare.as_mut_ptr().cast(), want) };
     if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
+        return Err(io::Error::last_os_error());
     }
+    let n = n as usize;
+    // SAFETY: read(2) initialised the first `n <= want` bytes of the spare
+    // capacity, which directly follow the vector's current contents.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
 }
 
 /// Sets O_NONBLOCK on `fd`.
@@ -398,4 +420,34 @@ pub fn free_space(fd: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
     // SAFETY: valid descriptor and pointer.
     cvt(unsafe { libc::fstatvfs(fd.as_raw_fd(), &mut st) })?;
     Ok((st.f_bavail, st.f_favail))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_small_file_reads_the_whole_file_across_chunks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        let text: String = (0..40_000)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        std::fs::write(&path, &text).expect("write");
+        assert_eq!(read_small_file(&path).expect("read"), text);
+        std::fs::write(&path, "").expect("write");
+        assert_eq!(read_small_file(&path).expect("read"), "");
+        std::fs::write(&path, [0xff, 0xfe]).expect("write");
+        let err = read_small_file(&path).expect_err("not UTF-8");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        let missing = read_small_file(dir.path().join("missing")).expect_err("missing");
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn read_small_file_reads_proc_files_of_unknown_size() {
+        let stat = read_small_file("/proc/self/stat").expect("read");
+        assert!(stat.ends_with('\n'), "{stat:?}");
+        assert!(stat.starts_with(&format!("{} (", std::process::id())));
+    }
 }
