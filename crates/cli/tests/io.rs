@@ -30,6 +30,16 @@ fn tree(dir: &Path) -> Vec<String> {
 }
 
 #[test]
+fn the_program_can_open_its_own_stdout_and_stderr_again() {
+    require_root!();
+    // Shell habits: `> /dev/stdout`, `tee /dev/stderr`, /proc/self/fd/N.
+    let r = sh("echo a > /dev/stdout; echo b | tee /dev/stderr; echo c > /proc/self/fd/2").run();
+    assert_eq!(r.status(), "ok", "{:?}", r.json);
+    assert_eq!(r.stdout(), "a\nb\n");
+    assert_eq!(r.stderr_of_program(), "b\nc\n");
+}
+
+#[test]
 fn stdin_from_a_file_reaches_the_program() {
     require_root!();
     let dir = common::scratch();

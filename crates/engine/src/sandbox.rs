@@ -595,7 +595,7 @@ impl Engine {
         let mut prepared = Vec::with_capacity(stages.len());
         let mut stage_fds = Vec::with_capacity(stages.len());
         for stage in stages {
-            let (p, fds) = PreparedStage::new(stage, &network_env)?;
+            let (p, fds) = PreparedStage::new(stage, &network_env, (uid, gid))?;
             prepared.push(p);
             stage_fds.push(fds);
         }
@@ -958,10 +958,12 @@ struct StageFds {
 
 impl PreparedStage {
     /// `network_env` comes before the stage's own variables, which may
-    /// override it.
+    /// override it. `owner`: the sandbox's host uid and gid, which its
+    /// output pipes are given to.
     fn new(
         stage: &StageRef<'_>,
         network_env: &[(String, String)],
+        owner: (u32, u32),
     ) -> Result<(PreparedStage, StageFds), String> {
         let env: Vec<(String, String)> = network_env.iter().chain(stage.env).cloned().collect();
         let exec = ExecPlan::new(stage.program, stage.args, &env)?;
@@ -978,6 +980,14 @@ impl PreparedStage {
             crate::sys::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
         let (err_r, err_w) =
             crate::sys::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
+        // The program's own stdout and stderr are its to open again, as
+        // `/dev/stdout`, `/dev/stderr` or `/proc/self/fd/N`, which checks
+        // the pipe's owner and mode (0600): owned by the supervisor, it
+        // is nobody's inside and the open fails with EACCES.
+        for pipe in [&out_w, &err_w] {
+            crate::sys::fchown(pipe.as_fd(), owner.0, owner.1)
+                .map_err(|e| format!("cannot give an output pipe to the sandbox's user: {e}"))?;
+        }
         Ok((
             PreparedStage { exec, rlimits },
             StageFds {

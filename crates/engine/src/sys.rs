@@ -55,6 +55,13 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// Gives the file behind `fd` (a pipe, say) to `uid`:`gid`.
+pub fn fchown(fd: BorrowedFd<'_>, uid: u32, gid: u32) -> io::Result<()> {
+    // SAFETY: fchown takes a descriptor we borrow and two integers.
+    cvt(unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) })?;
+    Ok(())
+}
+
 /// A connected pair of SOCK_SEQPACKET unix sockets, close-on-exec: messages
 /// keep their boundaries, and EOF tells that the other side is gone.
 pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
