@@ -306,9 +306,10 @@ fn runtimes(args: &RuntimesArgs) -> anyhow::Result<ExitCode> {
 /// Without --json: the program's output passes through, and a line on
 /// stderr says why the run ended when the program did not end by itself.
 fn print_plain(result: &RunResult) {
-    let _ = std::io::stdout().write_all(result.stdout.as_bytes());
+    // Byte for byte: binary output passes through unchanged.
+    let _ = std::io::stdout().write_all(result.stdout_bytes());
     let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().write_all(result.stderr.as_bytes());
+    let _ = std::io::stderr().write_all(result.stderr_bytes());
     let l = &result.limits;
     let note = match result.status {
         Status::Ok | Status::RuntimeError => None,

@@ -16,6 +16,27 @@ fn without_json_output_passes_through_and_exit_code_is_the_programs() {
 }
 
 #[test]
+fn without_json_binary_output_passes_through_byte_for_byte() {
+    require_root!();
+    // Not UTF-8, a NUL, and on stderr too; and a megabyte of random bytes.
+    let out = sh("printf '\\377\\376\\000abc\\n'; printf '\\200x' >&2").output();
+    assert_eq!(out.stdout, b"\xff\xfe\x00abc\n");
+    assert_eq!(out.stderr, b"\x80x");
+    let out = sh("head -c 1000000 /dev/urandom | tee /tmp/r | sha256sum >&2; cat /tmp/r").output();
+    let sum = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.stdout.len(), 1_000_000);
+    let mut hasher = Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run sha256sum");
+    std::io::Write::write_all(&mut hasher.stdin.take().expect("stdin"), &out.stdout)
+        .expect("feed sha256sum");
+    let ours = hasher.wait_with_output().expect("sha256sum");
+    assert_eq!(String::from_utf8_lossy(&ours.stdout), sum);
+}
+
+#[test]
 fn missing_program_exits_127_with_a_one_line_reason() {
     require_root!();
     let out = exec(&["no-such-program-here"]).output();

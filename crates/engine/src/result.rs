@@ -87,6 +87,15 @@ pub struct RunResult {
     pub stderr: String,
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
+    /// The program's stdout exactly as it wrote it, when that is not valid
+    /// UTF-8 (`stdout` then has U+FFFD for each invalid sequence); `None`
+    /// when `stdout` is exact. Not in the JSON result. See
+    /// [`RunResult::stdout_bytes`].
+    #[serde(skip)]
+    pub stdout_raw: Option<Vec<u8>>,
+    /// The same for stderr.
+    #[serde(skip)]
+    pub stderr_raw: Option<Vec<u8>>,
     pub wall_time_ms: u64,
     pub cpu_time_ms: u64,
     pub memory_peak_bytes: u64,
@@ -138,6 +147,8 @@ impl RunResult {
             stderr: String::new(),
             stdout_truncated: false,
             stderr_truncated: false,
+            stdout_raw: None,
+            stderr_raw: None,
             wall_time_ms: 0,
             cpu_time_ms: 0,
             memory_peak_bytes: 0,
@@ -150,6 +161,16 @@ impl RunResult {
             profile: None,
             network: None,
         }
+    }
+
+    /// The program's stdout byte for byte, as it wrote it.
+    pub fn stdout_bytes(&self) -> &[u8] {
+        self.stdout_raw.as_deref().unwrap_or(self.stdout.as_bytes())
+    }
+
+    /// The program's stderr byte for byte, as it wrote it.
+    pub fn stderr_bytes(&self) -> &[u8] {
+        self.stderr_raw.as_deref().unwrap_or(self.stderr.as_bytes())
     }
 
     /// The exit code a command-line front end should exit with: the
@@ -254,6 +275,15 @@ pub fn classify(exit: Option<Exit>, seen: &Observed) -> (Status, Vec<LimitKind>)
         }
     };
     (status, hit)
+}
+
+/// Captured output as text (invalid UTF-8 replaced by U+FFFD), and the
+/// bytes themselves when the text is not exact.
+pub(crate) fn decode_output(bytes: &[u8]) -> (String, Option<Vec<u8>>) {
+    match String::from_utf8_lossy(bytes) {
+        std::borrow::Cow::Borrowed(text) => (text.to_owned(), None),
+        std::borrow::Cow::Owned(text) => (text, Some(bytes.to_vec())),
+    }
 }
 
 #[cfg(test)]
@@ -366,5 +396,16 @@ mod tests {
         r.signal = None;
         r.exit_code = Some(3);
         assert_eq!(r.process_exit_code(), 3);
+    }
+
+    #[test]
+    fn output_keeps_its_bytes_only_when_the_text_is_not_exact() {
+        assert_eq!(
+            decode_output(b"caf\xc3\xa9\n"),
+            ("café\n".to_string(), None)
+        );
+        let (text, raw) = decode_output(b"\xff\x00a");
+        assert_eq!(text, "\u{fffd}\u{0}a");
+        assert_eq!(raw.as_deref(), Some(&b"\xff\x00a"[..]));
     }
 }

@@ -769,7 +769,7 @@ impl Engine {
             );
             r.limits = limits.clone();
             r.exit_code = Some(code);
-            r.stderr = String::from_utf8_lossy(&outcome.stderr.bytes).into_owned();
+            (r.stderr, r.stderr_raw) = crate::result::decode_output(&outcome.stderr.bytes);
             return Ok(r);
         }
         if let Some((step, errno)) = &outcome.failure {
@@ -833,6 +833,8 @@ impl Engine {
         } else {
             Some(notes.join("; "))
         };
+        let (stdout, stdout_raw) = crate::result::decode_output(&outcome.stdout.bytes);
+        let (stderr, stderr_raw) = crate::result::decode_output(&outcome.stderr.bytes);
         Ok(RunResult {
             status,
             exit_code: match exit {
@@ -843,10 +845,12 @@ impl Engine {
                 Some(crate::result::Exit::Signal(s)) => Some(s),
                 _ => None,
             },
-            stdout: String::from_utf8_lossy(&outcome.stdout.bytes).into_owned(),
-            stderr: String::from_utf8_lossy(&outcome.stderr.bytes).into_owned(),
+            stdout,
+            stderr,
             stdout_truncated: outcome.stdout.truncated,
             stderr_truncated: outcome.stderr.truncated,
+            stdout_raw,
+            stderr_raw,
             wall_time_ms: outcome.wall.as_millis() as u64,
             cpu_time_ms,
             memory_peak_bytes,
