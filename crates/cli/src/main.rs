@@ -50,6 +50,13 @@ fn main() -> ExitCode {
     // that process serves the engine and never returns from here.
     formicary_engine::spawner::main_if_spawner();
     let cli = Cli::parse();
+    // `exec --json` and `run --json` promise one result object on stdout,
+    // even for a request refused before anything ran.
+    let json_result = match &cli.command {
+        Command::Exec(args) => args.io.json,
+        Command::Run(args) => args.io.json,
+        _ => false,
+    };
     let outcome = match cli.command {
         Command::Exec(args) => exec(&args),
         Command::Run(args) => run(&args),
@@ -60,7 +67,15 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("formicary: {}", one_line(&err));
+            let message = one_line(&err);
+            eprintln!("formicary: {message}");
+            if json_result {
+                let result =
+                    RunResult::setup_error(message, formicary_engine::spec::Limits::default());
+                let mut out = std::io::stdout().lock();
+                let _ = serde_json::to_writer(&mut out, &result);
+                let _ = writeln!(out);
+            }
             ExitCode::from(EXIT_SETUP)
         }
     }

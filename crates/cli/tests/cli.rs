@@ -115,3 +115,30 @@ fn limit_below_its_minimum_is_refused() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--pids"), "{stderr}");
 }
+
+#[test]
+fn json_mode_prints_a_setup_error_result_for_a_refused_request() {
+    // Refused before any sandbox exists (no root needed): above a maximum,
+    // a missing stdin file, an unknown language.
+    for args in [
+        &["exec", "--json", "--memory", "16G", "--", "true"][..],
+        &["exec", "--json", "--stdin", "/nonexistent/in", "--", "true"],
+        &["run", "--json", "--lang", "cobol", "--code", "x"],
+    ] {
+        let out = Command::new(BIN)
+            .args(args)
+            .output()
+            .expect("run formicary");
+        assert_eq!(out.status.code(), Some(125), "{args:?}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(stdout.lines().count(), 1, "{args:?}: {stdout}");
+        let result: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON result");
+        assert_eq!(result["status"], "setup_error", "{args:?}: {result}");
+        let error = result["error"].as_str().unwrap_or_default();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !error.is_empty() && stderr.contains(error),
+            "{args:?}: {error:?} / {stderr}"
+        );
+    }
+}
