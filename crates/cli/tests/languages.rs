@@ -1311,16 +1311,32 @@ fn java_runs_the_public_class_whatever_the_file_is_called() {
 }
 
 #[test]
-fn java_without_a_public_class_is_refused() {
+fn java_without_a_public_class_runs_the_class_with_main() {
     require_lang!("java");
+    // As on most judges: no `public`, in a file of any name, and a package.
     let (code, stdout, stderr) = run_files(&[(
-        "Main.java",
-        "class Main { public static void main(String[] a) {} }",
+        "solution.java",
+        "class Helper { static String hi() { return \"hi\"; } }\n\
+         class Sol { public static void main(String[] a) { System.out.println(Helper.hi()); } }",
     )])
     .plain();
+    assert_eq!((code, stdout.as_str()), (0, "hi\n"), "{stderr}");
+    let (code, stdout, stderr) = run_files(&[(
+        "Main.java",
+        "package app.util;\npublic class Main { public static void main(String[] a) { System.out.println(\"pkg\"); } }",
+    )])
+    .plain();
+    assert_eq!((code, stdout.as_str()), (0, "pkg\n"), "{stderr}");
+}
+
+#[test]
+fn java_without_any_main_class_is_refused() {
+    require_lang!("java");
+    let (code, stdout, stderr) =
+        run_files(&[("Main.java", "class Main { void notMain() {} }")]).plain();
     assert_eq!(code, 125, "{stderr}");
     assert_eq!(stdout, "");
-    assert!(stderr.contains("public class"), "{stderr}");
+    assert!(stderr.contains("main"), "{stderr}");
 }
 
 // ---------------------------------------------------------------------------

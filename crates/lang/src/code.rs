@@ -95,7 +95,9 @@ pub enum CodeError {
     BadName { name: String },
     #[error("the main file {main:?} is not among the files given")]
     NoMain { main: String },
-    #[error("no `public class` found in {file}: Java needs one to know what to run")]
+    #[error(
+        "no `public class` and no class with a `main` method found in {file}: Java needs one to know what to run"
+    )]
     NoJavaClass { file: String },
 }
 
@@ -195,14 +197,23 @@ impl Language {
                 main: main_name.clone(),
             })?;
 
-        // Java runs the main file's public class, and javac wants that
-        // class in a file of its name.
+        // Java runs the main file's public class (or, without one, the
+        // class that declares `main`), by its package-qualified name, and
+        // javac wants a public class in a file of its name.
         let mut files: Vec<SourceFile> = request.files.clone();
         let mut main_file = main_name.clone();
         let class = if runtime.name == "java" {
-            let class = java_public_class(&main.content).ok_or_else(|| CodeError::NoJavaClass {
+            let entry = java_entry(&main.content).ok_or_else(|| CodeError::NoJavaClass {
                 file: main_name.clone(),
             })?;
+            // The file's name: its public class's, or, without one, its own
+            // (a class that is not public may live in any .java file).
+            let class = entry.public_class.clone().unwrap_or_else(|| {
+                Path::new(&main_name)
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
             let wanted = match Path::new(&main_name).parent() {
                 Some(dir) if !dir.as_os_str().is_empty() => {
                     format!("{}/{class}.java", dir.display())
@@ -215,7 +226,7 @@ impl Language {
                 }
                 main_file = wanted;
             }
-            Some(class)
+            Some(entry.run_class)
         } else {
             None
         };
@@ -389,11 +400,100 @@ pub(crate) fn expand_read_only(patterns: &[String]) -> Vec<ReadOnlyPath> {
     out
 }
 
+/// What `java` runs for a main file.
+#[derive(Debug, PartialEq, Eq)]
+pub struct JavaEntry {
+    /// The file's public class, which names the file (`Main` for
+    /// `Main.java`); None when it has none.
+    pub public_class: Option<String>,
+    /// The class to run, package-qualified (`app.Main`): the public class,
+    /// or else the class that declares `main`.
+    pub run_class: String,
+}
+
+/// The class to run in a Java main file: its first top-level public class,
+/// or without one the class in which a `static ... main` is declared,
+/// qualified by the file's `package`. Comments and strings are skipped.
+pub fn java_entry(source: &[u8]) -> Option<JavaEntry> {
+    let text = String::from_utf8_lossy(source);
+    let cleaned = strip_java_comments_and_strings(&text);
+    let public_class = java_public_class_in(&cleaned);
+    let class = match &public_class {
+        Some(class) => class.clone(),
+        None => java_class_declaring_main(&cleaned)?,
+    };
+    let run_class = match java_package(&cleaned) {
+        Some(package) => format!("{package}.{class}"),
+        None => class,
+    };
+    Some(JavaEntry {
+        public_class,
+        run_class,
+    })
+}
+
+/// The name in `package a.b.c;`, if the source declares one.
+fn java_package(cleaned: &str) -> Option<String> {
+    let mut rest = cleaned;
+    while let Some(at) = rest.find("package") {
+        let before_ok = rest[..at]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '$'));
+        let after = &rest[at + "package".len()..];
+        if before_ok && after.starts_with(char::is_whitespace) {
+            let name: String = after
+                .split(';')
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .collect();
+            let valid = !name.is_empty()
+                && name.split('.').all(|part| {
+                    !part.is_empty()
+                        && part
+                            .chars()
+                            .all(|c| c.is_alphanumeric() || c == '_' || c == '$')
+                });
+            return valid.then_some(name);
+        }
+        rest = &rest[at + "package".len()..];
+    }
+    None
+}
+
+/// The class whose body declares `static ... void main`: the last `class`
+/// (or interface, enum, record) named before that declaration.
+fn java_class_declaring_main(cleaned: &str) -> Option<String> {
+    let words: Vec<&str> = cleaned
+        .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut last_class = None;
+    let mut seen_static = false;
+    for (i, w) in words.iter().enumerate() {
+        match *w {
+            "class" | "interface" | "enum" | "record" => {
+                last_class = words.get(i + 1).map(|s| s.to_string());
+                seen_static = false;
+            }
+            "static" => seen_static = true,
+            "main" if seen_static && i > 0 && words[i - 1] == "void" => return last_class,
+            _ => {}
+        }
+    }
+    None
+}
+
 /// The name of the first top-level `public class` (or interface, enum,
 /// record) in Java source, skipping comments and strings.
 pub fn java_public_class(source: &[u8]) -> Option<String> {
     let text = String::from_utf8_lossy(source);
-    let cleaned = strip_java_comments_and_strings(&text);
+    java_public_class_in(&strip_java_comments_and_strings(&text))
+}
+
+fn java_public_class_in(cleaned: &str) -> Option<String> {
     let words: Vec<&str> = cleaned
         .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '$'))
         .filter(|w| !w.is_empty())
@@ -473,6 +573,32 @@ public final class Solution {
             java_public_class(b"public record Point(int x) {}").as_deref(),
             Some("Point")
         );
+    }
+
+    #[test]
+    fn java_runs_the_public_class_or_the_one_with_main_by_its_qualified_name() {
+        let entry = |src: &[u8]| java_entry(src).map(|e| (e.public_class, e.run_class));
+        assert_eq!(
+            entry(b"public class Main { public static void main(String[] a) {} }"),
+            Some((Some("Main".into()), "Main".into()))
+        );
+        // No public class: the class that declares main, as judges accept.
+        assert_eq!(
+            entry(b"class Helper {}\nclass Sol { static public void main(String[] a) {} }"),
+            Some((None, "Sol".into()))
+        );
+        // A package qualifies the class run (javac -d . puts it in app/).
+        assert_eq!(
+            entry(
+                b"package app.util;\npublic class Main { public static void main(String[] a) {} }"
+            ),
+            Some((Some("Main".into()), "app.util.Main".into()))
+        );
+        assert_eq!(
+            entry(b"// package nope;\nclass A { String s = \"package x;\"; static void main(String[] a) {} }"),
+            Some((None, "A".into()))
+        );
+        assert_eq!(entry(b"class NoMain { void main2() {} }"), None);
     }
 
     #[test]
