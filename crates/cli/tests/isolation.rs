@@ -21,6 +21,17 @@ fn program_runs_as_uid_and_gid_1000_named_sandbox() {
 }
 
 #[test]
+fn services_and_protocols_resolve_by_name() {
+    require_root!();
+    let r = python(
+        "import socket; print(socket.getservbyname('https'), socket.getprotobyname('tcp'), \
+         socket.getaddrinfo('localhost', 'http', type=socket.SOCK_STREAM)[0][4][1])",
+    )
+    .run();
+    assert_eq!(r.stdout(), "443 6 80\n", "{:?}", r.json);
+}
+
+#[test]
 fn hostname_is_sandbox() {
     require_root!();
     let r = python("import os; print(os.uname().nodename)").run();

@@ -361,6 +361,25 @@ fn synthesized_etc() -> Vec<(&'static str, String)> {
             "passwd: files\ngroup: files\nshadow: files\nhosts: files dns\n".to_string(),
         ),
         ("/etc/resolv.conf", String::new()),
+        // What getprotobyname and getservbyname read (Perl's sockets ask for
+        // "tcp" by name; getaddrinfo accepts "http" as a port): the common
+        // entries, not the host's whole lists.
+        (
+            "/etc/protocols",
+            "ip\t0\tIP\nicmp\t1\tICMP\ntcp\t6\tTCP\nudp\t17\tUDP\n\
+             ipv6\t41\tIPv6\nipv6-icmp\t58\tIPv6-ICMP\n"
+                .to_string(),
+        ),
+        (
+            "/etc/services",
+            "ftp\t\t21/tcp\nssh\t\t22/tcp\nsmtp\t\t25/tcp\ndomain\t\t53/tcp\n\
+             domain\t\t53/udp\nhttp\t\t80/tcp\t\twww\npop3\t\t110/tcp\n\
+             ntp\t\t123/udp\nimap\t\t143/tcp\nhttps\t\t443/tcp\n\
+             submission\t587/tcp\nimaps\t\t993/tcp\npop3s\t\t995/tcp\n\
+             socks\t\t1080/tcp\npostgresql\t5432/tcp\nredis\t\t6379/tcp\n\
+             http-alt\t8080/tcp\n"
+                .to_string(),
+        ),
     ]
 }
 
