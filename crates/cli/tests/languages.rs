@@ -1330,6 +1330,22 @@ fn java_without_a_public_class_runs_the_class_with_main() {
 }
 
 #[test]
+fn typescript_imports_node_built_in_modules() {
+    require_lang!("typescript");
+    let (code, stdout, stderr) = run_code(
+        "ts",
+        "import * as fs from \"fs\";\nimport os from \"os\";\nimport { join } from \"node:path\";\n\
+         console.log(join(\"a\", \"b\"), typeof fs.readFileSync, typeof os.cpus);",
+    )
+    .plain();
+    assert_eq!(
+        (code, stdout.as_str()),
+        (0, "a/b function function\n"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn java_without_any_main_class_is_refused() {
     require_lang!("java");
     let (code, stdout, stderr) =
