@@ -108,7 +108,7 @@ pub fn default_read_only_paths() -> Vec<ReadOnlyPath> {
 /// Why a mount plan could not be prepared.
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
-    #[error("read-only path {path:?} does not exist on this host: remove it from the config or install what provides it")]
+    #[error("read-only path {path:?} does not exist on this host: fix the --ro-bind flag or the config file's read-only paths, or install what provides it")]
     Missing { path: PathBuf },
     #[error("cannot inspect read-only path {path:?}: {source}")]
     Inspect {

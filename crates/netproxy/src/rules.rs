@@ -37,6 +37,8 @@ use crate::addresses::{canonical, classify, in_networks, AddressClass, Cidr, Cid
 pub enum RuleError {
     #[error("empty rule in `{list}`: remove the extra comma")]
     Empty { list: String },
+    #[error("no rule given: write at least one after `allow=`, e.g. allow=pypi.org,*.pythonhosted.org:443")]
+    NoRules,
     #[error("`{value}` is not a --net value: write `none` or `allow=RULE[,RULE...]`, e.g. allow=pypi.org,*.pythonhosted.org:443")]
     Flag { value: String },
     #[error("rule `{rule}`: `{host}` is not a valid host name ({why}): write a name like pypi.org, a wildcard like *.pythonhosted.org, or an IP address or CIDR")]
@@ -383,6 +385,9 @@ impl RuleSet {
 
     /// Parses a comma-separated list of rules.
     pub fn parse_list(list: &str) -> Result<RuleSet, RuleError> {
+        if list.trim().is_empty() {
+            return Err(RuleError::NoRules);
+        }
         let mut rules = Vec::new();
         for text in list.split(',') {
             if text.trim().is_empty() {
@@ -667,7 +672,7 @@ mod tests {
         ));
         assert!(matches!(
             RuleSet::parse_net("allow="),
-            Err(RuleError::Empty { .. })
+            Err(RuleError::NoRules)
         ));
         assert!(matches!(
             RuleSet::parse_net("allow=a.org,,b.org"),
