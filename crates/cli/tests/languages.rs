@@ -1275,10 +1275,13 @@ fn an_unknown_language_is_refused_with_the_known_ones_listed() {
     for name in LANGUAGES {
         assert!(stderr.contains(name), "{name} not listed: {stderr}");
     }
-    // --json changes nothing: nothing ran, so there is no result to print.
+    // With --json, the one result object says the same.
     let out = run.command(true).output().expect("run formicary");
     assert_eq!(out.status.code(), Some(125));
-    assert!(out.stdout.is_empty());
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON result");
+    assert_eq!(result["status"], "setup_error");
+    let error = result["error"].as_str().unwrap_or_default();
+    assert!(error.contains("unknown language `cobol`"), "{error}");
 }
 
 #[test]
