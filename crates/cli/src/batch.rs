@@ -107,6 +107,7 @@ pub fn run_batch(
     // Many sandboxes from several threads: clone them from a helper
     // process (this binary again; see `main`), not from this one.
     engine.start_spawner(&SpawnerProgram::this_executable())?;
+    crate::stop::watch(Arc::clone(&engine)).context("cannot start the signal thread")?;
     let pool = SandboxPool::new(Arc::clone(&engine), warm)
         .context("cannot start the thread that builds sandboxes")?;
     let lines = Mutex::new(BoundedLines::new(input).enumerate());
@@ -115,6 +116,10 @@ pub fn run_batch(
     std::thread::scope(|scope| {
         for _ in 0..jobs.max(1) {
             scope.spawn(|| loop {
+                // Stopped by a signal: no further request.
+                if engine.is_stopping() {
+                    return;
+                }
                 let next = match lines.lock() {
                     Ok(mut lines) => lines.next(),
                     Err(_) => None,

@@ -3,6 +3,7 @@
 
 mod args;
 mod batch;
+mod stop;
 
 use anyhow::Context;
 use args::{BatchArgs, CheckArgs, Cli, Command, ExecArgs, RunArgs, RuntimesArgs};
@@ -106,8 +107,11 @@ fn exec(args: &ExecArgs) -> anyhow::Result<ExitCode> {
     spec.limits
         .validate(&config.max)
         .map_err(anyhow::Error::msg)?;
-    let engine = Engine::new(config).context("cannot start the sandbox engine")?;
+    let engine = start_engine(config)?;
     let result = engine.run(&spec);
+    if let Some(code) = stopped(args.io.json, &result) {
+        return Ok(code);
+    }
     // The run is over and cleaned up (init reaped, cgroup removed, ids
     // released): the engine holds only memory and descriptors now, which
     // the process's exit, next, takes back anyway. Unmapping its reserved
@@ -115,6 +119,35 @@ fn exec(args: &ExecArgs) -> anyhow::Result<ExitCode> {
     // shootdowns (~20 us) to every run.
     std::mem::forget(engine);
     report(args.io.json, &result, &result)
+}
+
+/// The engine of a one-shot command, which SIGINT, SIGTERM and SIGHUP stop
+/// cleanly (`stop.rs`).
+fn start_engine(config: EngineConfig) -> anyhow::Result<std::sync::Arc<Engine>> {
+    stop::block().context("cannot block the stop signals")?;
+    let engine =
+        std::sync::Arc::new(Engine::new(config).context("cannot start the sandbox engine")?);
+    stop::watch(std::sync::Arc::clone(&engine)).context("cannot start the signal thread")?;
+    Ok(engine)
+}
+
+/// When a stop signal ended the run: says so (and prints the run's result
+/// with `--json`), and gives 128 + the signal as the exit code.
+fn stopped(json: bool, result: &RunResult) -> Option<ExitCode> {
+    let signal = stop::received()?;
+    let message = format!(
+        "stopped by {} before the run ended; the sandbox was taken down",
+        stop::name(signal)
+    );
+    if json {
+        let mut stopped = result.clone();
+        stopped.error = Some(message.clone());
+        let mut out = std::io::stdout().lock();
+        let _ = serde_json::to_writer(&mut out, &stopped);
+        let _ = writeln!(out);
+    }
+    eprintln!("formicary: {message}");
+    Some(ExitCode::from((128 + signal) as u8))
 }
 
 /// Prints a result (`json_value` as JSON, or the program's output passed
@@ -216,8 +249,11 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         profile: args.io.profile,
         network,
     };
-    let engine = Engine::new(config).context("cannot start the sandbox engine")?;
+    let engine = start_engine(config)?;
     let result = language.run(&engine, &request)?;
+    if let Some(code) = stopped(args.io.json, &result.run) {
+        return Ok(code);
+    }
     if !args.io.json && result.run.status == Status::CompileError {
         if let Some(compile) = &result.compile {
             // The compiler's own words, on stderr.
@@ -379,7 +415,16 @@ fn batch(args: &BatchArgs) -> anyhow::Result<ExitCode> {
     let warm = args.warm.unwrap_or(jobs);
     let stdin = std::io::BufReader::new(std::io::stdin());
     let stdout = std::io::stdout();
+    // Before the engine and its threads: see `stop.rs`.
+    stop::block().context("cannot block the stop signals")?;
     batch::run_batch(config, jobs as usize, warm as usize, stdin, stdout)?;
+    if let Some(signal) = stop::received() {
+        eprintln!(
+            "formicary: stopped by {}; every sandbox was taken down",
+            stop::name(signal)
+        );
+        return Ok(ExitCode::from((128 + signal) as u8));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -160,3 +160,75 @@ fn a_sandbox_that_fails_to_build_leaves_no_cgroup() {
     assert_eq!(run.status(), "setup_error", "{:?}", run.json);
     assert_eq!(cgroups_of(run.pid), Vec::<String>::new());
 }
+
+/// Sends `signal` to `pid` (a formicary this test started).
+fn send(pid: u32, signal: libc::c_int) {
+    // SAFETY: kill with integers; `pid` is this test's unreaped child.
+    assert_eq!(unsafe { libc::kill(pid as libc::pid_t, signal) }, 0);
+}
+
+#[test]
+fn sigterm_or_sigint_stops_formicary_after_taking_its_sandbox_down() {
+    require_root!();
+    for (signal, code, name) in [
+        (libc::SIGTERM, 143, "SIGTERM"),
+        (libc::SIGINT, 130, "SIGINT"),
+    ] {
+        // A wall time long enough that a run ended by it (exit 137)
+        // cannot be mistaken for a stopped one.
+        let child = Command::new(BIN)
+            .args(["exec", "--json", "--wall-time", "60", "--", "sleep", "100"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn formicary");
+        let pid = child.id();
+        let created = common::eventually(Duration::from_secs(10), || {
+            cgroups_of(pid).len() == HIERARCHIES.len()
+        });
+        assert!(created, "cgroups appeared: {:?}", cgroups_of(pid));
+        send(pid, signal);
+        let out = child.wait_with_output().expect("wait for formicary");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{stderr}");
+        assert!(stderr.contains(&format!("stopped by {name}")), "{stderr}");
+        let result: serde_json::Value =
+            serde_json::from_slice(&out.stdout).expect("the result object");
+        let error = result["error"].as_str().unwrap_or_default();
+        assert!(error.contains(name), "{result}");
+        // Taken down before formicary exited: nothing for a later run.
+        assert_eq!(cgroups_of(pid), Vec::<String>::new(), "{name}");
+        assert!(common::descendants(pid).is_empty(), "{name}");
+    }
+}
+
+#[test]
+fn sigterm_stops_a_batch_and_takes_every_sandbox_down() {
+    require_root!();
+    let mut child = Command::new(BIN)
+        .args(["batch", "--jobs", "2", "--warm", "2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn formicary batch");
+    let pid = child.id();
+    let mut stdin = child.stdin.take().expect("stdin");
+    std::io::Write::write_all(
+        &mut stdin,
+        b"{\"id\": 1, \"command\": [\"sleep\", \"100\"], \"limits\": {\"wall_time\": \"60\"}}\n",
+    )
+    .expect("write a request");
+    // The request's sandbox and the ones built ahead: several cgroups.
+    let built = common::eventually(Duration::from_secs(10), || {
+        cgroups_of(pid).len() >= 2 * HIERARCHIES.len()
+    });
+    assert!(built, "cgroups: {:?}", cgroups_of(pid));
+    send(pid, libc::SIGTERM);
+    // stdin stays open: the batch must not wait for more input.
+    let status = child.wait().expect("wait for formicary batch");
+    drop(stdin);
+    assert_eq!(status.code(), Some(143));
+    assert_eq!(cgroups_of(pid), Vec::<String>::new());
+    assert!(common::descendants(pid).is_empty());
+}

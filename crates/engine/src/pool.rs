@@ -23,6 +23,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+/// How often an idle builder looks whether the engine was stopped.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+
 /// How long the builder waits after a failed build before trying again.
 const RETRY_AFTER: Duration = Duration::from_millis(200);
 
@@ -137,8 +140,35 @@ impl Drop for SandboxPool {
 fn build_loop(engine: &Engine, shape: &SandboxShape, shared: &Shared, size: usize) {
     loop {
         let mut state = shared.lock();
-        while !state.stopping && state.used.is_empty() && state.ready.len() >= size {
-            state = shared.wake.wait(state).unwrap_or_else(|e| e.into_inner());
+        while !state.stopping
+            && !engine.is_stopping()
+            && state.used.is_empty()
+            && state.ready.len() >= size
+        {
+            // Woken by requests; and every so often, to notice
+            // `Engine::stop_all`, which no request may follow.
+            state = shared
+                .wake
+                .wait_timeout(state, STOP_CHECK)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        if engine.is_stopping() && !state.stopping {
+            // The engine was stopped (its inits killed) while the pool
+            // lives on: take every sandbox down, build none, and go on
+            // taking down the ones requests still hand back.
+            let ready: Vec<PreparedSandbox> = state.ready.drain(..).collect();
+            let used: Vec<Teardown> = state.used.drain(..).collect();
+            drop(state);
+            drop(ready);
+            for teardown in used {
+                teardown.finish(StagedResult::empty());
+            }
+            let state = shared.lock();
+            if state.used.is_empty() && !state.stopping {
+                drop(shared.wake.wait_timeout(state, STOP_CHECK));
+            }
+            continue;
         }
         if state.stopping {
             let ready: Vec<PreparedSandbox> = state.ready.drain(..).collect();

@@ -82,7 +82,39 @@ pub struct Engine {
     /// The helper that clones inits, once [`Engine::start_spawner`] has
     /// started it.
     spawner: std::sync::OnceLock<Spawner>,
+    /// Every live sandbox's init, for [`Engine::stop_all`].
+    live: std::sync::Arc<LiveInits>,
+    /// Set by [`Engine::stop_all`]: no new sandbox is built.
+    stopping: std::sync::atomic::AtomicBool,
 }
+
+/// The pidfds of an engine's live inits, by registration number.
+#[derive(Default)]
+struct LiveInits {
+    inits: std::sync::Mutex<(u64, std::collections::HashMap<u64, OwnedFd>)>,
+}
+
+impl LiveInits {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, std::collections::HashMap<u64, OwnedFd>)> {
+        // Plain data: a panic elsewhere while holding it leaves it usable.
+        self.inits.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One init in [`LiveInits`], removed when dropped (init reaped).
+struct Registration {
+    live: std::sync::Arc<LiveInits>,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.live.lock().1.remove(&self.id);
+    }
+}
+
+/// Why a sandbox is refused once [`Engine::stop_all`] was called.
+const STOPPING: &str = "formicary is stopping: no new sandbox is started";
 
 /// Numbers this process's runs, for unique cgroup names across every
 /// `Engine` of the process.
@@ -182,6 +214,8 @@ impl Engine {
             init_base,
             child_memory: ChildMemory::new(),
             spawner: std::sync::OnceLock::new(),
+            live: std::sync::Arc::new(LiveInits::default()),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -204,6 +238,54 @@ impl Engine {
         // Two threads may race here: the loser's helper is stopped.
         let _ = self.spawner.set(spawner);
         Ok(())
+    }
+
+    /// Ends every sandbox of this engine at once (SIGKILL to each init; the
+    /// runs in progress then end, and their callers take the sandboxes
+    /// down as usual), and refuses to build any more: for a front end that
+    /// was asked to stop (SIGINT, SIGTERM). Returns how many were live.
+    pub fn stop_all(&self) -> usize {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let inits = self.live.lock();
+        for pidfd in inits.1.values() {
+            let _ = crate::sys::pidfd_kill(pidfd.as_fd(), libc::SIGKILL);
+        }
+        inits.1.len()
+    }
+
+    /// How many sandboxes of this engine have an init not yet reaped.
+    pub fn live_sandboxes(&self) -> usize {
+        self.live.lock().1.len()
+    }
+
+    /// Whether [`Engine::stop_all`] was called.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Registers init's pidfd; None, and init killed, when the engine is
+    /// stopping (a sandbox cloned while `stop_all` ran).
+    fn register(&self, child: &ChildGuard) -> Result<Registration, String> {
+        let pidfd = child
+            .pidfd
+            .try_clone()
+            .map_err(|e| format!("cannot keep a descriptor of the sandbox's init: {e}"))?;
+        let id = {
+            let mut inits = self.live.lock();
+            inits.0 += 1;
+            let id = inits.0;
+            inits.1.insert(id, pidfd);
+            id
+        };
+        let registration = Registration {
+            live: std::sync::Arc::clone(&self.live),
+            id,
+        };
+        if self.is_stopping() {
+            return Err(STOPPING.to_string());
+        }
+        Ok(registration)
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -357,6 +439,9 @@ impl Engine {
         limits: &CgroupLimits,
         profile_on: bool,
     ) -> Result<PreparedSandbox, String> {
+        if self.is_stopping() {
+            return Err(STOPPING.to_string());
+        }
         let mut profile = Profile::new(profile_on);
         profile.mark("validate");
         // 3. Prepare what init needs before the clone (it may not
@@ -421,10 +506,15 @@ impl Engine {
                 pid,
                 pidfd,
                 reaped: false,
+                registration: None,
             }),
             cgroup: None,
             host_ids: None,
         };
+        if let Some(child) = teardown.child.as_mut() {
+            // On failure (stopping), the teardown kills init.
+            child.registration = Some(self.register(child)?);
+        }
 
         // 6. Maps, then init builds its root while the cgroup is created
         // and init moved into it (two cores' work at once; init enters
@@ -1205,6 +1295,9 @@ struct ChildGuard {
     pid: libc::pid_t,
     pidfd: OwnedFd,
     reaped: bool,
+    /// In the engine's live inits until init is reaped (dropped after the
+    /// fields above: init is waited for first).
+    registration: Option<Registration>,
 }
 
 impl ChildGuard {

@@ -325,3 +325,27 @@ fn a_program_that_is_not_a_spawner_is_refused_with_a_clear_error() {
     assert_eq!(result.status, Status::Ok, "{result:?}");
     assert_eq!(children(), 0, "a helper was left behind");
 }
+
+#[test]
+fn stop_all_ends_every_sandbox_and_refuses_new_ones() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_root!();
+    let engine = Arc::new(Engine::new(EngineConfig::default()).expect("engine"));
+    let pool = SandboxPool::new(Arc::clone(&engine), 2).expect("pool");
+    wait_until("the pool is warm", || pool.ready() == 2);
+    assert_eq!(engine.live_sandboxes(), 2);
+    assert_eq!(engine.stop_all(), 2);
+    // The pool's builder notices, takes its sandboxes down, builds no more.
+    wait_until("every sandbox is taken down", || {
+        engine.live_sandboxes() == 0 && own_cgroups() == 0
+    });
+    let refused = match engine.prepare(&SandboxShape::plain(&Limits::default())) {
+        Ok(_) => panic!("a sandbox was built after stop_all"),
+        Err(e) => e,
+    };
+    assert!(refused.contains("stopping"), "{refused}");
+    let result = engine.run(&sh("echo no"));
+    assert_eq!(result.status, Status::SetupError, "{result:?}");
+    drop(pool);
+    assert_eq!(children(), 0);
+}
