@@ -244,7 +244,17 @@ fn serve_line(
         }
     };
     match request.to_spec(engine.config()) {
-        Ok(spec) => (request.id.clone(), pool.run(&spec)),
+        Ok(spec) => {
+            let mut result = pool.run(&spec);
+            if let Some(signal) = crate::stop::received() {
+                // Its sandbox was killed by the stop, not by its program.
+                result.error = Some(format!(
+                    "stopped by {} before the run ended; the sandbox was taken down",
+                    crate::stop::name(signal)
+                ));
+            }
+            (request.id.clone(), result)
+        }
         Err(message) => (
             request.id.clone(),
             RunResult::setup_error(

@@ -229,6 +229,13 @@ fn sigterm_stops_a_batch_and_takes_every_sandbox_down() {
     let status = child.wait().expect("wait for formicary batch");
     drop(stdin);
     assert_eq!(status.code(), Some(143));
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().expect("stdout"), &mut out)
+        .expect("read the results");
+    let result: serde_json::Value = serde_json::from_str(out.trim()).expect("one result line");
+    assert_eq!(result["id"], 1, "{result}");
+    let error = result["error"].as_str().unwrap_or_default();
+    assert!(error.contains("stopped by SIGTERM"), "{result}");
     assert_eq!(cgroups_of(pid), Vec::<String>::new());
     assert!(common::descendants(pid).is_empty());
 }
