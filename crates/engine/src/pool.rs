@@ -157,13 +157,7 @@ fn build_loop(engine: &Engine, shape: &SandboxShape, shared: &Shared, size: usiz
             // The engine was stopped (its inits killed) while the pool
             // lives on: take every sandbox down, build none, and go on
             // taking down the ones requests still hand back.
-            let ready: Vec<PreparedSandbox> = state.ready.drain(..).collect();
-            let used: Vec<Teardown> = state.used.drain(..).collect();
-            drop(state);
-            drop(ready);
-            for teardown in used {
-                teardown.finish(StagedResult::empty());
-            }
+            take_all_down(state);
             let state = shared.lock();
             if state.used.is_empty() && !state.stopping {
                 drop(shared.wake.wait_timeout(state, STOP_CHECK));
@@ -171,14 +165,7 @@ fn build_loop(engine: &Engine, shape: &SandboxShape, shared: &Shared, size: usiz
             continue;
         }
         if state.stopping {
-            let ready: Vec<PreparedSandbox> = state.ready.drain(..).collect();
-            let used: Vec<Teardown> = state.used.drain(..).collect();
-            drop(state);
-            // Unused sandboxes: init is killed with its guard.
-            drop(ready);
-            for teardown in used {
-                teardown.finish(StagedResult::empty());
-            }
+            take_all_down(state);
             return;
         }
         if let Some(teardown) = state.used.pop_front() {
@@ -198,5 +185,17 @@ fn build_loop(engine: &Engine, shape: &SandboxShape, shared: &Shared, size: usiz
                 std::thread::sleep(RETRY_AFTER);
             }
         }
+    }
+}
+
+/// Takes down every sandbox the pool holds, ready or used, outside the
+/// lock. (A ready sandbox's init is killed with its guard.)
+fn take_all_down(mut state: MutexGuard<'_, State>) {
+    let ready: Vec<PreparedSandbox> = state.ready.drain(..).collect();
+    let used: Vec<Teardown> = state.used.drain(..).collect();
+    drop(state);
+    drop(ready);
+    for teardown in used {
+        teardown.finish(StagedResult::empty());
     }
 }

@@ -120,44 +120,10 @@ pub fn sealed_memfd(name: &std::ffi::CStr, data: &[u8]) -> io::Result<OwnedFd> {
 }
 
 /// Receives one message into `buf`: its length (0 at EOF) and the fd
-/// attached to it, if any.
+/// attached to it, if any (any further ones are closed).
 pub fn recv_with_fd(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Option<OwnedFd>)> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let mut cmsg_buf = [0u64; 4];
-    // SAFETY: an all-zero msghdr is valid; its fields are filled below.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cmsg_buf.as_mut_ptr().cast();
-    msg.msg_controllen = std::mem::size_of_val(&cmsg_buf) as _;
-    let n = loop {
-        // SAFETY: msg points to valid buffers for the duration of the call.
-        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    };
-    let mut received = None;
-    // SAFETY: the kernel filled msg_control; the CMSG_* macros walk it
-    // within msg_controllen.
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let fd = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<RawFd>());
-                received = Some(OwnedFd::from_raw_fd(fd));
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-    }
-    Ok((n, received))
+    let (n, fds) = recv_with_fds(sock, buf)?;
+    Ok((n, fds.into_iter().next()))
 }
 
 /// Receives one message into `buf`: its length (0 at EOF) and every fd
