@@ -107,9 +107,9 @@ fn exec(args: &ExecArgs) -> anyhow::Result<ExitCode> {
     spec.limits
         .validate(&config.max)
         .map_err(anyhow::Error::msg)?;
-    let engine = start_engine(config)?;
+    let (engine, signals) = start_engine(config)?;
     let result = engine.run(&spec);
-    if let Some(code) = stopped(args.io.json, &result) {
+    if let Some(code) = stopped(&signals, args.io.json, &result) {
         return Ok(code);
     }
     // The run is over and cleaned up (init reaped, cgroup removed, ids
@@ -122,19 +122,23 @@ fn exec(args: &ExecArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// The engine of a one-shot command, which SIGINT, SIGTERM and SIGHUP stop
-/// cleanly (`stop.rs`).
-fn start_engine(config: EngineConfig) -> anyhow::Result<std::sync::Arc<Engine>> {
+/// cleanly (`stop.rs`), and the signalfd that tells whether one came.
+fn start_engine(config: EngineConfig) -> anyhow::Result<(Engine, std::os::fd::OwnedFd)> {
     stop::block().context("cannot block the stop signals")?;
-    let engine =
-        std::sync::Arc::new(Engine::new(config).context("cannot start the sandbox engine")?);
-    stop::watch(std::sync::Arc::clone(&engine)).context("cannot start the signal thread")?;
-    Ok(engine)
+    let signals = stop::signal_fd().context("cannot watch the stop signals")?;
+    let engine = Engine::new(config).context("cannot start the sandbox engine")?;
+    let for_engine = signals
+        .try_clone()
+        .context("cannot watch the stop signals")?;
+    let _ = engine.stop_runs_on(for_engine);
+    Ok((engine, signals))
 }
 
-/// When a stop signal ended the run: says so (and prints the run's result
-/// with `--json`), and gives 128 + the signal as the exit code.
-fn stopped(json: bool, result: &RunResult) -> Option<ExitCode> {
-    let signal = stop::received()?;
+/// When a stop signal came during the run: says so (and prints the run's
+/// result with `--json`), and gives 128 + the signal as the exit code.
+fn stopped(signals: &std::os::fd::OwnedFd, json: bool, result: &RunResult) -> Option<ExitCode> {
+    use std::os::fd::AsFd;
+    let signal = stop::pending(signals.as_fd())?;
     let message = format!(
         "stopped by {} before the run ended; the sandbox was taken down",
         stop::name(signal)
@@ -249,9 +253,9 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         profile: args.io.profile,
         network,
     };
-    let engine = start_engine(config)?;
+    let (engine, signals) = start_engine(config)?;
     let result = language.run(&engine, &request)?;
-    if let Some(code) = stopped(args.io.json, &result.run) {
+    if let Some(code) = stopped(&signals, args.io.json, &result.run) {
         return Ok(code);
     }
     if !args.io.json && result.run.status == Status::CompileError {

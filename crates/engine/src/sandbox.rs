@@ -86,6 +86,8 @@ pub struct Engine {
     live: std::sync::Arc<LiveInits>,
     /// Set by [`Engine::stop_all`]: no new sandbox is built.
     stopping: std::sync::atomic::AtomicBool,
+    /// See [`Engine::stop_runs_on`].
+    stop_fd: std::sync::OnceLock<OwnedFd>,
 }
 
 /// The pidfds of an engine's live inits, by registration number.
@@ -216,6 +218,7 @@ impl Engine {
             spawner: std::sync::OnceLock::new(),
             live: std::sync::Arc::new(LiveInits::default()),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            stop_fd: std::sync::OnceLock::new(),
         })
     }
 
@@ -252,6 +255,18 @@ impl Engine {
             let _ = crate::sys::pidfd_kill(pidfd.as_fd(), libc::SIGKILL);
         }
         inits.1.len()
+    }
+
+    /// From now on, a run whose program is running ends at once (init
+    /// killed, the sandbox taken down as usual) when `fd` is readable: a
+    /// signalfd of the signals that should stop a front end, an eventfd or
+    /// a pipe. The supervisor polls it with the run's other descriptors and
+    /// never reads it, so the caller can tell afterwards what came. Set
+    /// once; returns `fd` back if one was set already. (For a front end
+    /// that stops on a signal without a thread of its own; from another
+    /// thread, [`Engine::stop_all`] does the same.)
+    pub fn stop_runs_on(&self, fd: OwnedFd) -> Result<(), OwnedFd> {
+        self.stop_fd.set(fd)
     }
 
     /// How many sandboxes of this engine have an init not yet reaped.
@@ -768,6 +783,7 @@ impl Engine {
                     output_limit: stage.limits.output_bytes,
                     cpu_baseline_ns: baseline.as_ref().map_or(0, |u| u.cpu_time_ns),
                     init_pid: pid,
+                    stop: self.stop_fd.get().map(|f| f.as_fd()),
                 },
                 notifier.as_ref(),
                 &mut answered,

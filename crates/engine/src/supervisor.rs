@@ -35,6 +35,9 @@ pub struct Watch<'a> {
     /// belongs to no process, like socket buffers, would otherwise make
     /// small init its first victim and lose the program's exit status).
     pub init_pid: libc::pid_t,
+    /// Readable (a signalfd, an eventfd, a pipe): the run is to end at
+    /// once, init killed (see `Engine::stop_runs_on`).
+    pub stop: Option<BorrowedFd<'a>>,
 }
 
 /// One output stream, kept up to the limit.
@@ -145,6 +148,8 @@ pub fn supervise(
     let mut notify_open = notifier.is_some() && *answered < MAX_ANSWERED_DENIALS;
     out.denials_throttled = notifier.is_some() && !notify_open;
     let mut killed = false;
+    let mut stop_open = watch.stop.is_some();
+    let mut stop_seen = false;
     let mut next_cpu_check = started;
     let mut ended_at: Option<Instant> = None;
 
@@ -196,14 +201,16 @@ pub fn supervise(
             .as_millis()
             .min(i32::MAX as u128) as i32;
 
-        let mut fds = Vec::with_capacity(4);
-        let mut roles = Vec::with_capacity(4);
+        let mut fds = Vec::with_capacity(5);
+        let mut roles = Vec::with_capacity(5);
         let notify_fd = notifier.map_or(-1, |n| n.as_raw_fd());
+        let stop_fd = watch.stop.map_or(-1, |f| f.as_raw_fd());
         for (open, fd, role) in [
             (sync_open, watch.sync.as_raw_fd(), 0),
             (out.stdout.open, watch.stdout.as_raw_fd(), 1),
             (out.stderr.open, watch.stderr.as_raw_fd(), 2),
             (notify_open, notify_fd, 3),
+            (stop_open, stop_fd, 4),
         ] {
             if open && fd >= 0 {
                 fds.push(libc::pollfd {
@@ -271,6 +278,12 @@ pub fn supervise(
                         // Stop reading: what came before the cut is kept.
                         cap.open = false;
                     }
+                }
+                4 => {
+                    // Not read: it stays readable for the caller to see
+                    // why; polled no more.
+                    stop_open = false;
+                    kill(&mut stop_seen, &mut killed);
                 }
                 _ => {
                     if pfd.revents & libc::POLLIN != 0 {
