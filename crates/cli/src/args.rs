@@ -457,6 +457,7 @@ impl IoArgs {
     pub fn outputs(&self, max_total_bytes: u64) -> Option<OutputSpec> {
         self.out_dir.as_ref().map(|dir| OutputSpec {
             patterns: self.out.clone(),
+            exclude: Vec::new(),
             host_dir: dir.clone(),
             max_files: MAX_OUT_FILES,
             max_total_bytes,

@@ -1349,6 +1349,24 @@ fn typescript_imports_node_built_in_modules() {
 }
 
 #[test]
+fn out_everything_leaves_formicarys_support_files_behind() {
+    require_lang!("typescript");
+    let run = run_code("ts", "require(\"fs\").writeFileSync(\"r.txt\", \"x\");");
+    let out = run.path("collected");
+    let out_arg = out.to_str().expect("utf-8 path").to_string();
+    // Kept until the end: dropping it deletes the collected files.
+    let run = run.flags(&["--out", "**", "--out-dir", &out_arg]);
+    let r = run.json();
+    r.assert_ok();
+    assert!(out.join("r.txt").exists(), "{}", r.show());
+    assert!(
+        !out.join(".formicary-node-globals.d.ts").exists(),
+        "formicary's own declarations were copied out: {}",
+        r.show()
+    );
+}
+
+#[test]
 fn java_without_any_main_class_is_refused() {
     require_lang!("java");
     let (code, stdout, stderr) =

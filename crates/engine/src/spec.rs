@@ -245,6 +245,10 @@ pub struct ReadOnlyPath {
 pub struct OutputSpec {
     /// Glob patterns relative to /sandbox (`*.txt`, `out/**`).
     pub patterns: Vec<String>,
+    /// Glob patterns of files never copied, even when a pattern matches
+    /// (a front end's own support files).
+    #[serde(default)]
+    pub exclude: Vec<String>,
     /// The host directory that receives them (created if missing).
     pub host_dir: PathBuf,
     /// At most this many files are copied.

@@ -353,7 +353,9 @@ pub fn copy_out(
         },
     )?;
     walk(root.as_fd(), "", 0, &mut scanned, &mut |rel| {
-        if spec.patterns.iter().any(|p| glob_match(p, rel)) {
+        if spec.patterns.iter().any(|p| glob_match(p, rel))
+            && !spec.exclude.iter().any(|p| glob_match(p, rel))
+        {
             found.push(rel.to_string());
         }
     });
@@ -668,6 +670,7 @@ mod tests {
         let out = tempfile::tempdir().expect("tempdir");
         let spec = OutputSpec {
             patterns: vec!["**/*.txt".into()],
+            exclude: Vec::new(),
             host_dir: out.path().join("collected"),
             max_files: 10,
             max_total_bytes: 1 << 20,
@@ -695,6 +698,7 @@ mod tests {
         let out = tempfile::tempdir().expect("tempdir");
         let spec = OutputSpec {
             patterns: vec!["*.out".into()],
+            exclude: Vec::new(),
             host_dir: out.path().to_path_buf(),
             max_files: 3,
             max_total_bytes: 250,
@@ -702,5 +706,26 @@ mod tests {
         let (files, skipped) = copy_out(dir.as_fd(), &spec).expect("copy out");
         assert_eq!(files.len(), 2, "250 bytes hold two 100-byte files");
         assert_eq!(skipped.len(), 3);
+    }
+
+    #[test]
+    fn copy_out_leaves_excluded_files_behind() {
+        let sandbox = tempfile::tempdir().expect("tempdir");
+        for name in ["result.txt", ".formicary-support.d.ts", "notes.txt"] {
+            std::fs::write(sandbox.path().join(name), b"x").expect("write");
+        }
+        let dir = File::open(sandbox.path()).expect("open");
+        let out = tempfile::tempdir().expect("tempdir");
+        let spec = OutputSpec {
+            patterns: vec!["**".into()],
+            exclude: vec![".formicary-support.d.ts".into(), "notes.*".into()],
+            host_dir: out.path().to_path_buf(),
+            max_files: 10,
+            max_total_bytes: 1 << 20,
+        };
+        let (files, skipped) = copy_out(dir.as_fd(), &spec).expect("copy out");
+        let names: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(names, ["result.txt"]);
+        assert!(skipped.is_empty(), "{skipped:?}");
     }
 }

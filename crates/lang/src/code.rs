@@ -283,6 +283,11 @@ impl Language {
         spec.limits = request.limits.clone();
         spec.files = request.input_files.clone();
         spec.outputs = request.outputs.clone();
+        if let Some(outputs) = spec.outputs.as_mut() {
+            // The runtime's support files are formicary's, not the
+            // program's: `--out '**'` does not bring them back.
+            outputs.exclude.extend(runtime.support.keys().cloned());
+        }
         spec.allow_degraded = request.allow_degraded;
         spec.profile = request.profile;
         spec.network = request.network.clone();
