@@ -115,23 +115,13 @@ fn a_line_that_is_not_utf8_is_refused_and_the_batch_goes_on() {
 
 /// The pids and command lines of `pid`'s children.
 fn children_of(pid: u32) -> Vec<(String, String)> {
-    let ppid = pid.to_string();
-    std::fs::read_dir("/proc")
-        .expect("list /proc")
-        .filter_map(|e| e.ok())
-        .filter(|e| {
-            std::fs::read_to_string(e.path().join("stat"))
-                .ok()
-                .and_then(|s| {
-                    let after = s[s.rfind(')')? + 2..].to_string();
-                    after.split_whitespace().nth(1).map(|p| p == ppid)
-                })
-                .unwrap_or(false)
-        })
-        .filter_map(|e| {
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+    common::host_processes()
+        .into_iter()
+        .filter(|p| p.ppid == pid)
+        .filter_map(|p| {
+            let cmdline = std::fs::read(format!("/proc/{}/cmdline", p.pid)).ok()?;
             Some((
-                e.file_name().to_string_lossy().into_owned(),
+                p.pid.to_string(),
                 String::from_utf8_lossy(&cmdline).replace('\0', " "),
             ))
         })

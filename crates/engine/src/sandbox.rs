@@ -93,11 +93,17 @@ pub struct Engine {
 /// The pidfds of an engine's live inits, by registration number.
 #[derive(Default)]
 struct LiveInits {
-    inits: std::sync::Mutex<(u64, std::collections::HashMap<u64, OwnedFd>)>,
+    inits: std::sync::Mutex<Registry>,
+}
+
+#[derive(Default)]
+struct Registry {
+    last_id: u64,
+    pidfds: std::collections::HashMap<u64, OwnedFd>,
 }
 
 impl LiveInits {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (u64, std::collections::HashMap<u64, OwnedFd>)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Registry> {
         // Plain data: a panic elsewhere while holding it leaves it usable.
         self.inits.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -111,7 +117,7 @@ struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.live.lock().1.remove(&self.id);
+        self.live.lock().pidfds.remove(&self.id);
     }
 }
 
@@ -251,10 +257,10 @@ impl Engine {
         self.stopping
             .store(true, std::sync::atomic::Ordering::SeqCst);
         let inits = self.live.lock();
-        for pidfd in inits.1.values() {
+        for pidfd in inits.pidfds.values() {
             let _ = crate::sys::pidfd_kill(pidfd.as_fd(), libc::SIGKILL);
         }
-        inits.1.len()
+        inits.pidfds.len()
     }
 
     /// From now on, a run whose program is running ends at once (init
@@ -271,7 +277,7 @@ impl Engine {
 
     /// How many sandboxes of this engine have an init not yet reaped.
     pub fn live_sandboxes(&self) -> usize {
-        self.live.lock().1.len()
+        self.live.lock().pidfds.len()
     }
 
     /// Whether [`Engine::stop_all`] was called.
@@ -288,9 +294,9 @@ impl Engine {
             .map_err(|e| format!("cannot keep a descriptor of the sandbox's init: {e}"))?;
         let id = {
             let mut inits = self.live.lock();
-            inits.0 += 1;
-            let id = inits.0;
-            inits.1.insert(id, pidfd);
+            inits.last_id += 1;
+            let id = inits.last_id;
+            inits.pidfds.insert(id, pidfd);
             id
         };
         let registration = Registration {

@@ -48,8 +48,12 @@ pub const SPAWNER_ARG: &str = "__formicary-spawner";
 /// first answer follows the helper's start).
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The largest request or answer (a shape's read-only paths, or an error).
+/// The largest request (a shape's read-only paths).
 const PACKET_MAX: usize = 64 * 1024;
+
+/// The largest answer: the helper cuts an error message to fit, so the
+/// supervisor reads answers into a small buffer on its stack.
+const ANSWER_MAX: usize = 4096;
 
 /// The largest base (the operator's read-only paths and a seccomp program
 /// of at most 4096 instructions, as JSON). Below the kernel's default
@@ -339,7 +343,7 @@ fn handshake(helper: &Helper, base: &[u8]) -> Result<(), String> {
 fn ask(helper: &Helper, shape: &InitShape) -> io::Result<Result<Spawned, SpawnError>> {
     let request = serde_json::to_vec(shape).map_err(io::Error::other)?;
     crate::sys::send_with_fds(helper.socket.as_fd(), &request, &[])?;
-    let mut buf = vec![0u8; PACKET_MAX];
+    let mut buf = [0u8; ANSWER_MAX];
     let (n, mut fds) = crate::sys::recv_with_fds(helper.socket.as_fd(), &mut buf)?;
     if n == 0 {
         return Err(io::Error::other("it exited"));
@@ -490,7 +494,7 @@ fn serve(socket: OwnedFd) -> io::Result<()> {
             )?,
             // The supervisor holds its own copies now; `s` closes ours.
             Err(SpawnError::Plan(m)) | Err(SpawnError::Spawner(m)) => {
-                send(socket.as_fd(), &Answer::Plan(m), &[])?
+                send(socket.as_fd(), &Answer::Plan(fit_answer(m)), &[])?
             }
             Err(SpawnError::Clone(e)) => send(
                 socket.as_fd(),
@@ -501,7 +505,44 @@ fn serve(socket: OwnedFd) -> io::Result<()> {
     }
 }
 
+/// `message`, cut (at a character boundary, marked with "...") so that its
+/// answer fits in [`ANSWER_MAX`] bytes of JSON whatever it holds: JSON
+/// writes a byte as at most 6 (`\u001f`), and the rest of the answer
+/// takes less than 64.
+fn fit_answer(mut message: String) -> String {
+    let room = (ANSWER_MAX - 64) / 6;
+    if message.len() > room {
+        let mut end = room;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str("...");
+    }
+    message
+}
+
 fn send(socket: BorrowedFd<'_>, answer: &Answer, fds: &[RawFd]) -> io::Result<()> {
     let bytes = serde_json::to_vec(answer).map_err(io::Error::other)?;
     crate::sys::send_with_fds(socket, &bytes, fds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_failure_answer_fits_the_supervisors_buffer() {
+        for message in [
+            "\u{1f}".repeat(10_000),
+            "\"".repeat(10_000),
+            "é".repeat(10_000),
+            "short".to_string(),
+        ] {
+            let json =
+                serde_json::to_vec(&Answer::Plan(fit_answer(message.clone()))).expect("serialize");
+            assert!(json.len() <= ANSWER_MAX, "{} bytes", json.len());
+        }
+        assert_eq!(fit_answer("short".into()), "short");
+    }
 }
