@@ -255,6 +255,11 @@ pub struct HostCgroups {
     version: Option<CgroupVersion>,
     swap_accounting: Option<bool>,
     fs: Arc<dyn CgroupFs>,
+    /// Parents this process has made (or found) ready, controllers enabled:
+    /// later sandboxes under them make only their own directories. Should a
+    /// parent vanish, the first `mkdir` that fails with `ENOENT` makes it
+    /// again.
+    parents_ready: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 /// The v1 controllers sandboxes need, each in some hierarchy.
@@ -368,6 +373,7 @@ impl HostCgroups {
             version,
             swap_accounting,
             fs: Arc::new(KernelFs),
+            parents_ready: Arc::default(),
         })
     }
 
@@ -506,34 +512,44 @@ impl HostCgroups {
         if limits.pids == 0 {
             return Err(CgroupError::InvalidLimit { what: "pids" });
         }
-        match self.version {
+        let parents_ready = self
+            .parents_ready
+            .lock()
+            .is_ok_and(|ready| ready.iter().any(|p| p == parent));
+        let made: Box<dyn Cgroup> = match self.version {
             Some(CgroupVersion::V2) => {
                 let (mount, controllers) = self.v2_mount()?;
-                let cg = v2::V2Cgroup::create(
+                Box::new(v2::V2Cgroup::create(
                     self.fs.clone(),
                     mount,
                     controllers,
                     &parent_parts,
+                    parents_ready,
                     name,
                     limits,
-                )?;
-                Ok(Box::new(cg))
+                )?)
             }
-            Some(CgroupVersion::V1) => {
-                let cg = v1::V1Cgroup::create(
-                    self.fs.clone(),
-                    &self.v1_layout()?,
-                    &parent_parts,
-                    name,
-                    limits,
-                    self.swap_accounting.unwrap_or(false),
-                )?;
-                Ok(Box::new(cg))
+            Some(CgroupVersion::V1) => Box::new(v1::V1Cgroup::create(
+                self.fs.clone(),
+                &self.v1_layout()?,
+                &parent_parts,
+                parents_ready,
+                name,
+                limits,
+                self.swap_accounting.unwrap_or(false),
+            )?),
+            None => {
+                return Err(CgroupError::Unavailable {
+                    detail: self.unavailable_detail(),
+                })
             }
-            None => Err(CgroupError::Unavailable {
-                detail: self.unavailable_detail(),
-            }),
+        };
+        if !parents_ready {
+            if let Ok(mut ready) = self.parents_ready.lock() {
+                ready.push(parent.to_string());
+            }
         }
+        Ok(made)
     }
 
     fn v2_mount(&self) -> Result<(&Path, &[String]), CgroupError> {
@@ -732,6 +748,11 @@ fn mkdir_existing_ok(dir: &Path) -> Result<bool, CgroupError> {
             source,
         }),
     }
+}
+
+/// Whether `error` is a `mkdir` that found no parent directory.
+fn parent_missing(error: &CgroupError) -> bool {
+    matches!(error, CgroupError::Mkdir { source, .. } if source.kind() == io::ErrorKind::NotFound)
 }
 
 /// Makes a sandbox's own directory, which must not exist yet.

@@ -453,6 +453,48 @@ fn cleanup_stale_removes_only_stale_children_counting_names() {
 const V2_ALL: &str = "cpuset cpu io memory hugetlb pids rdma misc\n";
 
 #[test]
+fn parents_are_set_up_once_and_again_only_when_they_vanish() {
+    let root = fake_root();
+    let (host, _) = fake_host(root.path(), PURE_V2, "0::/init.scope\n", V2_ALL);
+    let r = root.path().join("sys/fs/cgroup");
+    let control = r.join("formicary/cgroup.subtree_control");
+    let first = host.create("formicary", "sb1", &LIMITS).expect("first");
+    assert_eq!(read(control.clone()), "+memory +pids +cpu");
+
+    // The parent is known now: the next sandbox makes only its own
+    // directory (a stand-in for the kernel's file shows nothing rewritten).
+    std::fs::write(&control, "untouched").expect("write");
+    let second = host.create("formicary", "sb2", &LIMITS).expect("second");
+    assert_eq!(read(control.clone()), "untouched");
+    assert_eq!(read(r.join("formicary/sb2/pids.max")), "8");
+
+    // A parent removed behind this process's back is made again, with its
+    // controllers, by the first creation that misses it.
+    first.destroy().expect("destroy");
+    second.destroy().expect("destroy");
+    std::fs::remove_dir_all(r.join("formicary")).expect("remove parent");
+    let third = host.create("formicary", "sb3", &LIMITS).expect("third");
+    assert_eq!(read(control), "+memory +pids +cpu");
+    assert_eq!(read(r.join("formicary/sb3/memory.max")), "33554432");
+    third.destroy().expect("destroy");
+
+    // The same on v1, in every hierarchy.
+    let root = fake_root();
+    let (host, _) = fake_host(root.path(), HYBRID, HYBRID_SELF, "hugetlb\n");
+    let r = root.path().join("sys/fs/cgroup");
+    host.create("formicary", "sb1", &LIMITS)
+        .expect("first")
+        .destroy()
+        .expect("destroy");
+    std::fs::remove_dir_all(r.join("pids/formicary")).expect("remove one parent");
+    let again = host.create("formicary", "sb2", &LIMITS).expect("again");
+    assert_eq!(read(r.join("pids/formicary/sb2/pids.max")), "8");
+    assert!(r.join("memory/formicary/sb2").is_dir());
+    again.destroy().expect("destroy");
+    assert!(!r.join("memory/formicary/sb2").exists(), "nothing left of the retry");
+}
+
+#[test]
 fn v2_create_enables_controllers_down_the_parents_and_writes_limits() {
     let root = fake_root();
     let (host, _) = fake_host(root.path(), PURE_V2, "0::/init.scope\n", V2_ALL);

@@ -29,8 +29,8 @@ use std::os::fd::BorrowedFd;
 
 use super::fs::CgroupFs;
 use super::{
-    kill_listed_until_empty, mkdir_existing_ok, mkdir_new, remove_with_retry, write, Cgroup,
-    CgroupError, CgroupLimits, CgroupUsage, CgroupVersion, LimitsInForce, StatFile,
+    kill_listed_until_empty, mkdir_existing_ok, mkdir_new, parent_missing, remove_with_retry,
+    write, Cgroup, CgroupError, CgroupLimits, CgroupUsage, CgroupVersion, LimitsInForce, StatFile,
 };
 
 /// The mount points of the hierarchies a sandbox uses.
@@ -73,33 +73,62 @@ pub struct V1Cgroup {
     in_force: LimitsInForce,
 }
 
+/// Makes the directories of `parent` in every hierarchy, where missing,
+/// with hierarchical memory accounting in those it makes.
+fn make_parents(fs: &dyn CgroupFs, layout: &Layout, parent: &[&str]) -> Result<(), CgroupError> {
+    for mount in layout.distinct_mounts() {
+        let mut dir = mount.clone();
+        for part in parent {
+            dir.push(part);
+            let made = mkdir_existing_ok(&dir)?;
+            if made && mount == layout.memory {
+                match write(fs, dir.join("memory.use_hierarchy"), "1") {
+                    Ok(()) => {}
+                    Err(CgroupError::Write { source, .. })
+                        if source.raw_os_error() == Some(libc::EINVAL) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 impl V1Cgroup {
+    /// Makes the cgroup `parent/name` in every hierarchy. `parents_ready`:
+    /// this process made `parent` before, so only when a `mkdir` finds it
+    /// gone is it made again.
     pub(crate) fn create(
         fs: Arc<dyn CgroupFs>,
         layout: &Layout,
         parent: &[&str],
+        parents_ready: bool,
         name: &str,
         limits: &CgroupLimits,
         swap_accounted: bool,
     ) -> Result<V1Cgroup, CgroupError> {
-        let rel: PathBuf = parent.iter().collect();
-        for mount in layout.distinct_mounts() {
-            let mut dir = mount.clone();
-            for part in parent {
-                dir.push(part);
-                let made = mkdir_existing_ok(&dir)?;
-                if made && mount == layout.memory {
-                    match write(fs.as_ref(), dir.join("memory.use_hierarchy"), "1") {
-                        Ok(()) => {}
-                        Err(CgroupError::Write { source, .. })
-                            if source.raw_os_error() == Some(libc::EINVAL) => {}
-                        Err(e) => return Err(e),
-                    }
-                }
-            }
+        if !parents_ready {
+            make_parents(fs.as_ref(), layout, parent)?;
         }
+        let rel: PathBuf = parent.iter().collect::<PathBuf>().join(name);
+        match V1Cgroup::create_own(fs.clone(), layout, &rel, limits, swap_accounted) {
+            Err(e) if parents_ready && parent_missing(&e) => {
+                make_parents(fs.as_ref(), layout, parent)?;
+                V1Cgroup::create_own(fs, layout, &rel, limits, swap_accounted)
+            }
+            result => result,
+        }
+    }
 
-        let cg = V1Cgroup::existing(fs, layout, &rel.join(name));
+    /// Makes the sandbox's own directories `rel` and sets their limits.
+    fn create_own(
+        fs: Arc<dyn CgroupFs>,
+        layout: &Layout,
+        rel: &Path,
+        limits: &CgroupLimits,
+        swap_accounted: bool,
+    ) -> Result<V1Cgroup, CgroupError> {
+        let cg = V1Cgroup::existing(fs, layout, rel);
         let mut made: Vec<&Path> = Vec::with_capacity(cg.dirs.len());
         let result = (|| {
             for dir in &cg.dirs {
