@@ -21,7 +21,8 @@ use crate::child::{self, Message};
 use crate::config::EngineConfig;
 use crate::idmap::{self, IdAllocator};
 use crate::init_clone::{
-    spawn_init, ChildMemory, FilterProgram, InitBase, InitShape, SpawnError, Spawned,
+    spawn_init, ChildMemory, FilterProgram, InitBase, InitShape, MountPlanCache, SpawnError,
+    Spawned,
 };
 use crate::landlock;
 use crate::network::{self, NetworkPlan, RunningProxy};
@@ -505,7 +506,13 @@ impl Engine {
         // and the clone itself, in the spawner when there is one.
         let spawned = match self.spawner.get() {
             Some(spawner) => spawner.spawn(&init_shape),
-            None => spawn_init(&self.init_base, &self.child_memory, &init_shape, false),
+            None => spawn_init(
+                &self.init_base,
+                &self.child_memory,
+                &mut MountPlanCache::default(),
+                &init_shape,
+                false,
+            ),
         }
         .map_err(|e| match e {
             SpawnError::Plan(message) | SpawnError::Spawner(message) => message,

@@ -28,7 +28,9 @@
 //! end-of-file on its socket. If it dies first, the request that finds it
 //! gone fails with a clear error, and the next request starts a new one.
 
-use crate::init_clone::{self, spawn_init, ChildMemory, InitBase, InitShape, SpawnError, Spawned};
+use crate::init_clone::{
+    self, spawn_init, ChildMemory, InitBase, InitShape, MountPlanCache, SpawnError, Spawned,
+};
 use serde::{Deserialize, Serialize};
 use std::ffi::{OsStr, OsString};
 use std::io;
@@ -475,6 +477,7 @@ fn serve(socket: OwnedFd) -> io::Result<()> {
     let mut base: InitBase = serde_json::from_slice(&buf[..n]).map_err(io::Error::other)?;
     base.arg_area = init_clone::own_arg_area();
     let memory = ChildMemory::new();
+    let mut plans = MountPlanCache::default();
     send(socket.as_fd(), &Answer::Ready, &[])?;
     buf.truncate(PACKET_MAX);
     loop {
@@ -483,7 +486,7 @@ fn serve(socket: OwnedFd) -> io::Result<()> {
             (n, _) => n,
         };
         let spawned = match serde_json::from_slice::<InitShape>(&buf[..n]) {
-            Ok(shape) => spawn_init(&base, &memory, &shape, true),
+            Ok(shape) => spawn_init(&base, &memory, &mut plans, &shape, true),
             Err(e) => Err(SpawnError::Plan(format!("malformed request: {e}"))),
         };
         match spawned {

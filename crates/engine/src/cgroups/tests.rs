@@ -491,7 +491,10 @@ fn parents_are_set_up_once_and_again_only_when_they_vanish() {
     assert_eq!(read(r.join("pids/formicary/sb2/pids.max")), "8");
     assert!(r.join("memory/formicary/sb2").is_dir());
     again.destroy().expect("destroy");
-    assert!(!r.join("memory/formicary/sb2").exists(), "nothing left of the retry");
+    assert!(
+        !r.join("memory/formicary/sb2").exists(),
+        "nothing left of the retry"
+    );
 }
 
 #[test]
