@@ -20,6 +20,7 @@ pub mod config;
 pub mod idmap;
 mod init_clone;
 pub mod landlock;
+mod mountinfo;
 pub mod mounts;
 pub mod network;
 pub mod pool;

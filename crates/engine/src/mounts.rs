@@ -104,6 +104,79 @@ const MASKED_PROC_DIRS: &[&str] = &["/proc/acpi", "/proc/asound", "/proc/scsi"];
 /// Device files bound from the host into the sandbox's /dev.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
 
+/// Filesystems that are the kernel's control interfaces (cgroups, tracing,
+/// BPF, namespaces, terminals...), never what a program needs to run and
+/// never bound into a sandbox.
+const KERNEL_INTERFACE_FILESYSTEMS: &[&str] = &[
+    "autofs",
+    "binfmt_misc",
+    "bpf",
+    "cgroup",
+    "cgroup2",
+    "configfs",
+    "debugfs",
+    "devpts",
+    "efivarfs",
+    "fusectl",
+    "hugetlbfs",
+    "mqueue",
+    "nsfs",
+    "pstore",
+    "rpc_pipefs",
+    "securityfs",
+    "selinuxfs",
+    "tracefs",
+];
+
+/// Gives the calling process (the spawner) a mount namespace of its own,
+/// private, without the host's mounts of kernel interfaces: each init
+/// cloned from it then copies only the mounts a root can be built from,
+/// and has fewer to detach and free. Every mount the kernel copies costs
+/// time in the clone and again in the teardown, and hosts have dozens of
+/// these (this one 14 of its 22; a Docker host one per container). Returns
+/// how many were detached. Fails without `CAP_SYS_ADMIN` (rootless), which
+/// changes nothing but speed.
+pub(crate) fn shed_kernel_interface_mounts() -> std::io::Result<usize> {
+    // SAFETY: unshare with a constant flag.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // Private first: the copies share the host's propagation, and a
+    // detach here must not propagate to the host.
+    // SAFETY: constant strings; a null source and data are allowed.
+    if unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c"/".as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    } < 0
+    {
+        return Err(std::io::Error::last_os_error());
+    }
+    let text = crate::sys::read_small_file("/proc/self/mountinfo")?;
+    let mounts = crate::mountinfo::parse(&text)
+        .map_err(|bad| std::io::Error::other(format!("unreadable mountinfo line {:?}", bad.0)))?;
+    let mut shed = 0;
+    // Children before their parents (a detached parent takes its children
+    // with it, and their detach then fails harmlessly).
+    for mount in mounts.iter().rev() {
+        if !KERNEL_INTERFACE_FILESYSTEMS.contains(&mount.fstype.as_str()) {
+            continue;
+        }
+        let Ok(path) = CString::new(mount.mount_point.as_str()) else {
+            continue;
+        };
+        // SAFETY: a valid C string; umount2 only reads it.
+        if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
+            shed += 1;
+        }
+    }
+    Ok(shed)
+}
+
 /// The read-only host paths every sandbox gets unless the config file says
 /// otherwise: what dynamically linked programs need to start, and no more.
 pub fn default_read_only_paths() -> Vec<ReadOnlyPath> {

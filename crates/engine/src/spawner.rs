@@ -476,6 +476,8 @@ fn serve(socket: OwnedFd) -> io::Result<()> {
     }
     let mut base: InitBase = serde_json::from_slice(&buf[..n]).map_err(io::Error::other)?;
     base.arg_area = init_clone::own_arg_area();
+    // Only speed depends on it: a rootless helper keeps the host's mounts.
+    let _ = crate::mounts::shed_kernel_interface_mounts();
     let memory = ChildMemory::new();
     let mut plans = MountPlanCache::default();
     send(socket.as_fd(), &Answer::Ready, &[])?;

@@ -349,3 +349,58 @@ fn stop_all_ends_every_sandbox_and_refuses_new_ones() {
     drop(pool);
     assert_eq!(children(), 0);
 }
+
+/// The mounts (mount point, filesystem type) of `pid`'s mount namespace.
+fn mounts_of(pid: &str) -> Vec<(String, String)> {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .expect("mountinfo")
+        .lines()
+        .filter_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            Some((
+                before.split(' ').nth(4)?.to_string(),
+                after.split(' ').next()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn the_spawner_sheds_the_hosts_kernel_interface_mounts_and_only_its_own() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_root!();
+    let interface = |fstype: &str| ["cgroup", "cgroup2", "devpts", "tracefs"].contains(&fstype);
+    let host_before = mounts_of("self");
+    if !host_before.iter().any(|(_, t)| interface(t)) {
+        println!("SKIP: this host mounts no cgroup, devpts or tracefs");
+        return;
+    }
+    let engine = Engine::new(EngineConfig::default()).expect("engine");
+    engine
+        .start_spawner(&spawner_program())
+        .expect("the spawner starts");
+    let shape = SandboxShape::plain(&Limits::default());
+    let prepared = engine.prepare(&shape).expect("prepared");
+    let helper = spawner_pid().expect("the spawner runs").to_string();
+
+    let spawners = mounts_of(&helper);
+    let shed: Vec<_> = spawners.iter().filter(|(_, t)| interface(t)).collect();
+    assert!(shed.is_empty(), "still in the spawner: {shed:?}");
+    for needed in ["/", "/proc", "/dev"] {
+        assert!(
+            spawners.iter().any(|(m, _)| m == needed),
+            "the spawner lost {needed}: {spawners:?}"
+        );
+    }
+    // Its namespace is its own: the host (this test's) lost nothing.
+    assert_eq!(mounts_of("self"), host_before);
+
+    // And sandboxes cloned from it are whole.
+    let spec = sh("test -c /dev/null && test -r /proc/self/status && echo whole");
+    let result = engine.finish_staged(&spec, engine.run_prepared(prepared, &spec));
+    assert_eq!(result.status, Status::Ok, "{result:?}");
+    assert_eq!(result.stdout, "whole\n");
+    drop(engine);
+    assert_eq!(children(), 0);
+    assert_eq!(own_cgroups(), 0);
+}

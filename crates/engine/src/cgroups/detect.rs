@@ -19,30 +19,13 @@ pub(crate) struct CgroupMount {
     pub controllers: Vec<String>,
 }
 
-/// Why a mountinfo line could not be understood.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct BadLine(pub String);
+pub(crate) use crate::mountinfo::BadLine;
 
-/// Finds every cgroup and cgroup2 mount. The format (proc(5)) is
-/// `id parent maj:min root mount-point options [optional...] - fstype source super-options`.
+/// Finds every cgroup and cgroup2 mount.
 pub(crate) fn parse_mountinfo(text: &str) -> Result<Vec<CgroupMount>, BadLine> {
     let mut mounts: Vec<CgroupMount> = Vec::new();
-    for line in text.lines() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let (before, after) = line
-            .split_once(" - ")
-            .ok_or_else(|| BadLine(line.to_string()))?;
-        let mount_point = before
-            .split(' ')
-            .nth(4)
-            .ok_or_else(|| BadLine(line.to_string()))?;
-        let mut tail = after.split(' ');
-        let fstype = tail.next().ok_or_else(|| BadLine(line.to_string()))?;
-        let _source = tail.next();
-        let super_options = tail.next().unwrap_or("");
-        let v2 = match fstype {
+    for entry in crate::mountinfo::parse(text)? {
+        let v2 = match entry.fstype.as_str() {
             "cgroup2" => true,
             "cgroup" => false,
             _ => continue,
@@ -50,23 +33,23 @@ pub(crate) fn parse_mountinfo(text: &str) -> Result<Vec<CgroupMount>, BadLine> {
         let controllers = if v2 {
             Vec::new()
         } else {
-            super_options
+            entry
+                .super_options
                 .split(',')
                 .filter(|o| is_v1_controller(o))
                 .map(str::to_string)
                 .collect()
         };
-        let mount_point = unescape(mount_point);
         // The same hierarchy can be mounted twice (bind mounts): keep the
         // first, which is the one mountinfo lists as mounted earliest.
         if mounts
             .iter()
-            .any(|m| m.v2 == v2 && m.mount_point == mount_point)
+            .any(|m| m.v2 == v2 && m.mount_point == entry.mount_point)
         {
             continue;
         }
         mounts.push(CgroupMount {
-            mount_point,
+            mount_point: entry.mount_point,
             v2,
             controllers,
         });
@@ -81,31 +64,6 @@ fn is_v1_controller(option: &str) -> bool {
         "rw" | "ro" | "noprefix" | "clone_children" | "xattr" | "cpuset_v2_mode" | "favordynmods"
     ) && !option.contains('=')
         && !option.is_empty()
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, `\011`, `\012`, `\134`).
-fn unescape(field: &str) -> String {
-    if !field.contains('\\') {
-        return field.to_string();
-    }
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\' {
-            if let Some(v) = field
-                .get(i + 1..i + 4)
-                .and_then(|d| u8::from_str_radix(d, 8).ok())
-            {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// One line of `/proc/self/cgroup`: `id:controllers:path`.
@@ -142,13 +100,6 @@ pub(crate) fn parse_proc_self_cgroup(text: &str) -> Vec<OwnCgroup> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unescapes_spaces_in_mount_points() {
-        assert_eq!(unescape("/a\\040b"), "/a b");
-        assert_eq!(unescape("/plain"), "/plain");
-        assert_eq!(unescape("/end\\"), "/end\\");
-    }
 
     #[test]
     fn skips_non_cgroup_mounts_and_named_hierarchies_have_no_controllers() {
