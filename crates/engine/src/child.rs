@@ -174,6 +174,12 @@ pub struct ChildPlan<'a> {
     /// When the run has network: the loopback port where init opens the
     /// proxy's listening socket and hands it to the supervisor.
     pub proxy_port: Option<u16>,
+    /// Build the root in a helper (pid 2) while init makes the network
+    /// namespace: two cores at once, for a run someone is waiting for.
+    /// Otherwise init builds it itself afterwards, which costs less CPU
+    /// (no process to clone, switch to and reap): for sandboxes built
+    /// ahead.
+    pub root_by_helper: bool,
 }
 
 fn send(fd: RawFd, message: &Message, attach: Option<RawFd>) -> Result<(), ChildFailure> {
@@ -542,7 +548,11 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
     // on two cores: a helper (pid 2) waits for the go-ahead
     // (the id maps are written), becomes the sandbox user and builds the
     // root, while init makes the network namespace, which needs no id map.
-    let builder = start_root_builder(plan)?;
+    let builder = if plan.root_by_helper {
+        Some(start_root_builder(plan)?)
+    } else {
+        None
+    };
     check_int(
         // SAFETY: unshare with a constant flag.
         unsafe { libc::unshare(libc::CLONE_NEWNET) },
@@ -566,8 +576,18 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
         unsafe { libc::sethostname(c"sandbox".as_ptr(), 7) },
         "set the hostname",
     )?;
-    // The builder has had the go-ahead, so the id maps exist.
-    wait_for_root_builder(builder)?;
+    match builder {
+        // The builder has had the go-ahead, so the id maps exist.
+        Some(builder) => wait_for_root_builder(builder)?,
+        None => {
+            // Files created while building the root must belong to a
+            // mapped id: wait for the maps (on EOF, the supervisor is
+            // gone, and this exits).
+            wait_for_go(plan.sync_fd);
+            set_ids(plan.clear_groups)?;
+            plan.mounts.apply_in_child()?;
+        }
+    }
 
     // Files init creates must belong to a mapped id too. The user
     // namespace's capabilities survive this (uid 0 is not mapped in it, so

@@ -104,6 +104,8 @@ pub(crate) struct InitShape {
     pub disk_bytes: u64,
     pub extra_read_only: Vec<ReadOnlyPath>,
     pub proxy_port: Option<u16>,
+    /// Build the root in a helper beside init (`ChildPlan::root_by_helper`).
+    pub root_by_helper: bool,
 }
 
 /// A cloned init: its pid, pidfd, and the supervisor's end of its socket.
@@ -246,6 +248,7 @@ pub(crate) fn spawn_init(
         exec_stack: &memory.exec_stack,
         arg_area: base.arg_area,
         proxy_port: shape.proxy_port,
+        root_by_helper: shape.root_by_helper,
     };
     let (pid, pidfd) = clone_sandbox(&plan, clone_parent).map_err(SpawnError::Clone)?;
     // The child has its own copies of the plan, buffers and descriptors.
@@ -364,6 +367,7 @@ mod tests {
                 })
                 .collect(),
             proxy_port: None,
+            root_by_helper: true,
         };
         let described = |plan: &MountPlan| format!("{:?}", plan.ops());
         let mut plans = MountPlanCache::default();

@@ -361,6 +361,7 @@ impl Engine {
         let prepared = self.prepare_with(
             &SandboxShape::of(spec),
             &cgroup_limits(stages[0].limits),
+            Urgency::Waited,
             spec.profile,
         )?;
         let (staged, teardown) = self.serve(prepared, spec, &stages);
@@ -452,13 +453,19 @@ impl Engine {
     /// network proxy if the shape has network. A sandbox so built serves
     /// exactly one request ([`Engine::run_prepared`]) and is never reused.
     pub fn prepare(&self, shape: &SandboxShape) -> Result<PreparedSandbox, String> {
-        self.prepare_with(shape, &cgroup_limits(&self.config.defaults), false)
+        self.prepare_with(
+            shape,
+            &cgroup_limits(&self.config.defaults),
+            Urgency::Ahead,
+            false,
+        )
     }
 
     fn prepare_with(
         &self,
         shape: &SandboxShape,
         limits: &CgroupLimits,
+        urgency: Urgency,
         profile_on: bool,
     ) -> Result<PreparedSandbox, String> {
         if self.is_stopping() {
@@ -475,6 +482,7 @@ impl Engine {
             disk_bytes: shape.disk_bytes,
             extra_read_only: shape.extra_read_only.clone(),
             proxy_port: network.as_ref().map(|_| network::PROXY_PORT),
+            root_by_helper: urgency == Urgency::Waited,
         };
         profile.mark("prepare the child's plan");
 
@@ -1242,6 +1250,18 @@ impl SandboxShape {
             network: crate::spec::NetworkSpec::default(),
         }
     }
+}
+
+/// Whether a request waits for the sandbox being built. For a run it
+/// does: init's root is built by a helper on the other core while init
+/// makes the network namespace. For a sandbox built ahead nobody waits:
+/// init builds the root itself afterwards, which costs less CPU in all (no
+/// helper to clone, switch to and reap; `formicary batch` serves about 2%
+/// more sandboxes per second).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Urgency {
+    Waited,
+    Ahead,
 }
 
 /// A sandbox built ahead of its request ([`Engine::prepare`]): fresh

@@ -404,3 +404,25 @@ fn the_spawner_sheds_the_hosts_kernel_interface_mounts_and_only_its_own() {
     assert_eq!(children(), 0);
     assert_eq!(own_cgroups(), 0);
 }
+
+#[test]
+fn a_sandbox_built_ahead_has_its_root_built_by_init_and_a_run_by_a_helper() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    require_root!();
+    let engine = Engine::new(EngineConfig::default()).expect("engine");
+    // The program's pid tells: pid 2 went to the root builder when there
+    // was one.
+    let spec = sh("echo $$; test -w /sandbox && test -c /dev/null && echo built");
+    let ahead = engine
+        .prepare(&SandboxShape::plain(&Limits::default()))
+        .expect("prepared");
+    let built_ahead = engine.finish_staged(&spec, engine.run_prepared(ahead, &spec));
+    assert_eq!(built_ahead.status, Status::Ok, "{built_ahead:?}");
+    assert_eq!(built_ahead.stdout, "2\nbuilt\n");
+    let waited = engine.run(&spec);
+    assert_eq!(waited.status, Status::Ok, "{waited:?}");
+    assert_eq!(waited.stdout, "3\nbuilt\n");
+    drop(engine);
+    assert_eq!(children(), 0);
+    assert_eq!(own_cgroups(), 0);
+}
