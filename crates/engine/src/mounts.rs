@@ -106,9 +106,9 @@ const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
 
 /// Filesystems that are the kernel's control interfaces (cgroups, tracing,
 /// BPF, namespaces, terminals...), never what a program needs to run and
-/// never bound into a sandbox.
+/// never bound into a sandbox. (Not `autofs`: automount points may hold
+/// data an operator binds.)
 const KERNEL_INTERFACE_FILESYSTEMS: &[&str] = &[
-    "autofs",
     "binfmt_misc",
     "bpf",
     "cgroup",
