@@ -544,10 +544,12 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
     // 2.-4. The filesystem, the network namespace and its loopback
     // interface (the namespace's only one, down until set up), and the
     // hostname. Each of the root and the network namespace takes a few
-    // hundred microseconds of the kernel's time, so they are made at once
-    // on two cores: a helper (pid 2) waits for the go-ahead
-    // (the id maps are written), becomes the sandbox user and builds the
-    // root, while init makes the network namespace, which needs no id map.
+    // hundred microseconds of the kernel's time, so for a run someone
+    // waits for (`root_by_helper`) they are made at once on two cores: a
+    // helper (pid 2) waits for the go-ahead (the id maps are written),
+    // becomes the sandbox user and builds the root, while init makes the
+    // network namespace, which needs no id map. Otherwise init builds the
+    // root itself once the namespace is made.
     let builder = if plan.root_by_helper {
         Some(start_root_builder(plan)?)
     } else {

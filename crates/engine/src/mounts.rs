@@ -133,10 +133,9 @@ const KERNEL_INTERFACE_FILESYSTEMS: &[&str] = &[
 /// cloned from it then copies only the mounts a root can be built from,
 /// and has fewer to detach and free. Every mount the kernel copies costs
 /// time in the clone and again in the teardown, and hosts have dozens of
-/// these (this one 14 of its 22; a Docker host one per container). Returns
-/// how many were detached. Fails without `CAP_SYS_ADMIN` (rootless), which
-/// changes nothing but speed.
-pub(crate) fn shed_kernel_interface_mounts() -> std::io::Result<usize> {
+/// these (this one 13 of its 22; a Docker host one per container). Fails
+/// without `CAP_SYS_ADMIN` (rootless), which changes nothing but speed.
+pub(crate) fn shed_kernel_interface_mounts() -> std::io::Result<()> {
     // SAFETY: unshare with a constant flag.
     if unsafe { libc::unshare(libc::CLONE_NEWNS) } < 0 {
         return Err(std::io::Error::last_os_error());
@@ -159,7 +158,6 @@ pub(crate) fn shed_kernel_interface_mounts() -> std::io::Result<usize> {
     let text = crate::sys::read_small_file("/proc/self/mountinfo")?;
     let mounts = crate::mountinfo::parse(&text)
         .map_err(|bad| std::io::Error::other(format!("unreadable mountinfo line {:?}", bad.0)))?;
-    let mut shed = 0;
     // Children before their parents (a detached parent takes its children
     // with it, and their detach then fails harmlessly).
     for mount in mounts.iter().rev() {
@@ -170,11 +168,9 @@ pub(crate) fn shed_kernel_interface_mounts() -> std::io::Result<usize> {
             continue;
         };
         // SAFETY: a valid C string; umount2 only reads it.
-        if unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) } == 0 {
-            shed += 1;
-        }
+        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
     }
-    Ok(shed)
+    Ok(())
 }
 
 /// The read-only host paths every sandbox gets unless the config file says

@@ -256,9 +256,9 @@ pub struct HostCgroups {
     swap_accounting: Option<bool>,
     fs: Arc<dyn CgroupFs>,
     /// Parents this process has made (or found) ready, controllers enabled:
-    /// later sandboxes under them make only their own directories. Should a
-    /// parent vanish, the first `mkdir` that fails with `ENOENT` makes it
-    /// again.
+    /// later sandboxes under them make only their own directories. Should
+    /// a creation under one fail (the parent removed or remade by someone
+    /// else), it is tried once more with the parent set up again.
     parents_ready: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
@@ -516,14 +516,35 @@ impl HostCgroups {
             .parents_ready
             .lock()
             .is_ok_and(|ready| ready.iter().any(|p| p == parent));
-        let made: Box<dyn Cgroup> = match self.version {
+        let made = match self.create_under(&parent_parts, parents_ready, name, limits) {
+            Err(_) if parents_ready => self.create_under(&parent_parts, false, name, limits)?,
+            result => result?,
+        };
+        if !parents_ready {
+            if let Ok(mut ready) = self.parents_ready.lock() {
+                ready.push(parent.to_string());
+            }
+        }
+        Ok(made)
+    }
+
+    /// [`create`](Self::create) with the parent already validated and,
+    /// unless `parents_ready`, made first.
+    fn create_under(
+        &self,
+        parent_parts: &[&str],
+        parents_ready: bool,
+        name: &str,
+        limits: &CgroupLimits,
+    ) -> Result<Box<dyn Cgroup>, CgroupError> {
+        Ok(match self.version {
             Some(CgroupVersion::V2) => {
                 let (mount, controllers) = self.v2_mount()?;
                 Box::new(v2::V2Cgroup::create(
                     self.fs.clone(),
                     mount,
                     controllers,
-                    &parent_parts,
+                    parent_parts,
                     parents_ready,
                     name,
                     limits,
@@ -532,7 +553,7 @@ impl HostCgroups {
             Some(CgroupVersion::V1) => Box::new(v1::V1Cgroup::create(
                 self.fs.clone(),
                 &self.v1_layout()?,
-                &parent_parts,
+                parent_parts,
                 parents_ready,
                 name,
                 limits,
@@ -543,13 +564,7 @@ impl HostCgroups {
                     detail: self.unavailable_detail(),
                 })
             }
-        };
-        if !parents_ready {
-            if let Ok(mut ready) = self.parents_ready.lock() {
-                ready.push(parent.to_string());
-            }
-        }
-        Ok(made)
+        })
     }
 
     fn v2_mount(&self) -> Result<(&Path, &[String]), CgroupError> {
@@ -748,11 +763,6 @@ fn mkdir_existing_ok(dir: &Path) -> Result<bool, CgroupError> {
             source,
         }),
     }
-}
-
-/// Whether `error` is a `mkdir` that found no parent directory.
-fn parent_missing(error: &CgroupError) -> bool {
-    matches!(error, CgroupError::Mkdir { source, .. } if source.kind() == io::ErrorKind::NotFound)
 }
 
 /// Makes a sandbox's own directory, which must not exist yet.

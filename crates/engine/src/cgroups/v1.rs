@@ -29,8 +29,8 @@ use std::os::fd::BorrowedFd;
 
 use super::fs::CgroupFs;
 use super::{
-    kill_listed_until_empty, mkdir_existing_ok, mkdir_new, parent_missing, remove_with_retry,
-    write, Cgroup, CgroupError, CgroupLimits, CgroupUsage, CgroupVersion, LimitsInForce, StatFile,
+    kill_listed_until_empty, mkdir_existing_ok, mkdir_new, remove_with_retry, write, Cgroup,
+    CgroupError, CgroupLimits, CgroupUsage, CgroupVersion, LimitsInForce, StatFile,
 };
 
 /// The mount points of the hierarchies a sandbox uses.
@@ -95,9 +95,8 @@ fn make_parents(fs: &dyn CgroupFs, layout: &Layout, parent: &[&str]) -> Result<(
 }
 
 impl V1Cgroup {
-    /// Makes the cgroup `parent/name` in every hierarchy. `parents_ready`:
-    /// this process made `parent` before, so only when a `mkdir` finds it
-    /// gone is it made again.
+    /// Makes the cgroup `parent/name` in every hierarchy, and first
+    /// `parent` unless `parents_ready` (this process made it before).
     pub(crate) fn create(
         fs: Arc<dyn CgroupFs>,
         layout: &Layout,
@@ -111,24 +110,7 @@ impl V1Cgroup {
             make_parents(fs.as_ref(), layout, parent)?;
         }
         let rel: PathBuf = parent.iter().collect::<PathBuf>().join(name);
-        match V1Cgroup::create_own(fs.clone(), layout, &rel, limits, swap_accounted) {
-            Err(e) if parents_ready && parent_missing(&e) => {
-                make_parents(fs.as_ref(), layout, parent)?;
-                V1Cgroup::create_own(fs, layout, &rel, limits, swap_accounted)
-            }
-            result => result,
-        }
-    }
-
-    /// Makes the sandbox's own directories `rel` and sets their limits.
-    fn create_own(
-        fs: Arc<dyn CgroupFs>,
-        layout: &Layout,
-        rel: &Path,
-        limits: &CgroupLimits,
-        swap_accounted: bool,
-    ) -> Result<V1Cgroup, CgroupError> {
-        let cg = V1Cgroup::existing(fs, layout, rel);
+        let cg = V1Cgroup::existing(fs, layout, &rel);
         let mut made: Vec<&Path> = Vec::with_capacity(cg.dirs.len());
         let result = (|| {
             for dir in &cg.dirs {

@@ -25,8 +25,8 @@ use std::sync::Arc;
 
 use super::fs::{self, CgroupFs};
 use super::{
-    kill_listed_until_empty, mkdir_existing_ok, mkdir_new, parent_missing, remove_with_retry,
-    write, Cgroup, CgroupError, CgroupLimits, CgroupUsage, CgroupVersion, LimitsInForce, StatFile,
+    kill_listed_until_empty, mkdir_existing_ok, mkdir_new, remove_with_retry, write, Cgroup,
+    CgroupError, CgroupLimits, CgroupUsage, CgroupVersion, LimitsInForce, StatFile,
 };
 
 /// One sandbox's cgroup v2 directory.
@@ -47,9 +47,9 @@ pub struct V2Cgroup {
 }
 
 impl V2Cgroup {
-    /// Makes the cgroup `parent/name`. `parents_ready`: this process made
-    /// `parent` before, controllers enabled, so only when the `mkdir` finds
-    /// it gone is it made again.
+    /// Makes the cgroup `parent/name`, and first `parent` with its
+    /// controllers enabled unless `parents_ready` (this process made it
+    /// before).
     pub(crate) fn create(
         fs: Arc<dyn CgroupFs>,
         mount: &Path,
@@ -59,29 +59,20 @@ impl V2Cgroup {
         name: &str,
         limits: &CgroupLimits,
     ) -> Result<V2Cgroup, CgroupError> {
-        let make_parents = || -> Result<(), CgroupError> {
+        let mut dir = mount.to_path_buf();
+        if parents_ready {
+            dir.extend(parent);
+        } else {
             let enable = enable_string(available);
-            let mut dir = mount.to_path_buf();
             for part in parent {
                 enable_controllers(fs.as_ref(), &dir, &enable)?;
                 dir.push(part);
                 mkdir_existing_ok(&dir)?;
             }
-            enable_controllers(fs.as_ref(), &dir, &enable)
-        };
-        if !parents_ready {
-            make_parents()?;
+            enable_controllers(fs.as_ref(), &dir, &enable)?;
         }
-        let mut dir = mount.to_path_buf();
-        dir.extend(parent);
         dir.push(name);
-        match mkdir_new(&dir) {
-            Err(e) if parents_ready && parent_missing(&e) => {
-                make_parents()?;
-                mkdir_new(&dir)?;
-            }
-            result => result?,
-        }
+        mkdir_new(&dir)?;
 
         let cg = V2Cgroup::existing(fs, dir);
         match cg.set_limits(limits, true).and_then(|()| {
