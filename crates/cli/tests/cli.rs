@@ -4,6 +4,7 @@
 mod common;
 
 use common::{exec, sh, BIN};
+use std::os::unix::fs::PermissionsExt;
 use std::process::Command;
 
 #[test]
@@ -62,6 +63,34 @@ fn non_executable_file_exits_126() {
     assert!(out.stdout.is_empty(), "it must not have run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("Permission denied"), "{stderr}");
+}
+
+#[test]
+fn an_executable_without_a_shebang_line_runs_as_a_shell_script_like_execvp() {
+    require_root!();
+    let dir = common::scratch();
+    let script = dir.path().join("plain.sh");
+    std::fs::write(&script, "echo \"$0 got $#: $*\"\n").expect("write file");
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let file = script.to_str().expect("utf-8");
+    let out = exec(&["./plain.sh", "a", "b c"])
+        .flags(&["--file", file])
+        .output();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "./plain.sh got 2: a b c\n"
+    );
+
+    // Past the arguments the fallback can carry, the kernel's answer stands.
+    let many: Vec<String> = (0..1100).map(|i| i.to_string()).collect();
+    let mut argv = vec!["./plain.sh"];
+    argv.extend(many.iter().map(String::as_str));
+    let out = exec(&argv).flags(&["--file", file]).output();
+    assert_eq!(out.status.code(), Some(126), "{out:?}");
+    assert!(out.stdout.is_empty(), "it must not have run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Exec format error"), "{stderr}");
 }
 
 #[test]

@@ -1049,6 +1049,14 @@ fn exec_program(plan: &ChildPlan<'_>, stage: &StagePlan<'_>) -> ! {
         // SAFETY: path, argv and envp are NUL-terminated and live.
         unsafe { libc::execve(path, stage.argv, stage.envp) };
         let e = last_errno("execve").errno;
+        if e == libc::ENOEXEC {
+            // Like execvp: an executable file the kernel cannot run (no
+            // `#!` line) is a shell script. Only if that fails too is the
+            // program unrunnable.
+            exec_as_script(path, stage);
+            errno = e;
+            break;
+        }
         // Like execvp: remember a permission error, keep looking on ENOENT.
         if e != libc::ENOENT && e != libc::ENOTDIR {
             errno = e;
@@ -1067,6 +1075,43 @@ fn exec_program(plan: &ChildPlan<'_>, stage: &StagePlan<'_>) -> ! {
     );
     // SAFETY: _exit never returns.
     unsafe { libc::_exit(127) }
+}
+
+/// The most arguments a script without `#!` may take (its argv is built on
+/// the exec stack: init's memory may not be written here, and the program
+/// may not allocate).
+const SCRIPT_ARGS_MAX: usize = 1024;
+
+/// Runs `path` with `/bin/sh` as `execvp` does for a file the kernel
+/// cannot execute: `/bin/sh path arg1 ...`, the same environment. Returns
+/// only if that fails (no `/bin/sh`, or too many arguments). Never inlined:
+/// its 8 KiB array stays off the stack of every other exec.
+#[inline(never)]
+fn exec_as_script(path: *const libc::c_char, stage: &StagePlan<'_>) {
+    let mut argv = [std::ptr::null::<libc::c_char>(); SCRIPT_ARGS_MAX + 2];
+    argv[0] = c"/bin/sh".as_ptr();
+    argv[1] = path;
+    let mut n = 2;
+    let mut arg = stage.argv;
+    // SAFETY: stage.argv is a NULL-terminated array (checked by
+    // run_request::decode); the first element (the program's name) is
+    // skipped only if it is not the terminating NULL.
+    unsafe {
+        if !(*arg).is_null() {
+            arg = arg.add(1);
+        }
+        while !(*arg).is_null() {
+            if n > SCRIPT_ARGS_MAX {
+                return;
+            }
+            argv[n] = *arg;
+            n += 1;
+            arg = arg.add(1);
+        }
+    }
+    // `argv[n]` is still NULL: the array's terminator.
+    // SAFETY: NUL-terminated strings in a NULL-terminated array, all live.
+    unsafe { libc::execve(c"/bin/sh".as_ptr(), argv.as_ptr(), stage.envp) };
 }
 
 /// Reaps every process until `main` exits; returns the EXITED message for
