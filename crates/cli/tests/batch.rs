@@ -13,14 +13,7 @@ fn batch(args: &[&str], input: &str) -> (i32, Vec<Value>, String) {
 }
 
 fn batch_bytes(args: &[&str], input: &[u8]) -> (i32, Vec<Value>, String) {
-    let mut child = Command::new(BIN)
-        .arg("batch")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start formicary batch");
+    let mut child = common::start_batch(args);
     child
         .stdin
         .take()
@@ -131,13 +124,7 @@ fn children_of(pid: u32) -> Vec<(String, String)> {
 #[test]
 fn batch_clones_sandboxes_from_its_spawner_which_ends_with_it() {
     require_root!();
-    let mut child = Command::new(BIN)
-        .args(["batch", "--jobs", "2", "--warm", "1"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start formicary batch");
+    let mut child = common::start_batch(&["--jobs", "2", "--warm", "1"]);
     let mut stdin = child.stdin.take().expect("stdin");
     stdin
         .write_all(b"{\"id\": 1, \"command\": [\"sleep\", \"2\"]}\n")

@@ -205,13 +205,7 @@ fn sigterm_or_sigint_stops_formicary_after_taking_its_sandbox_down() {
 #[test]
 fn sigterm_stops_a_batch_and_takes_every_sandbox_down() {
     require_root!();
-    let mut child = Command::new(BIN)
-        .args(["batch", "--jobs", "2", "--warm", "2"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn formicary batch");
+    let mut child = common::start_batch(&["--jobs", "2", "--warm", "2"]);
     let pid = child.id();
     let mut stdin = child.stdin.take().expect("stdin");
     std::io::Write::write_all(

@@ -312,6 +312,18 @@ pub fn descendants(root: u32) -> Vec<Proc> {
     found
 }
 
+/// Starts `formicary batch ARGS` with stdin, stdout and stderr piped.
+pub fn start_batch(args: &[&str]) -> std::process::Child {
+    Command::new(BIN)
+        .arg("batch")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start formicary batch")
+}
+
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.
 pub fn eventually(timeout: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = std::time::Instant::now() + timeout;
