@@ -3,6 +3,7 @@
 
 mod args;
 mod batch;
+mod echo;
 mod stop;
 
 use anyhow::Context;
@@ -107,7 +108,7 @@ fn exec(args: &ExecArgs) -> anyhow::Result<ExitCode> {
     spec.limits
         .validate(&config.max)
         .map_err(anyhow::Error::msg)?;
-    let (engine, signals) = start_engine(config)?;
+    let (engine, signals, streamed) = start_engine(config, !args.io.json)?;
     let result = engine.run(&spec);
     if let Some(code) = stopped(&signals, args.io.json, &result) {
         return Ok(code);
@@ -118,12 +119,18 @@ fn exec(args: &ExecArgs) -> anyhow::Result<ExitCode> {
     // child memory here would only add two munmaps and their TLB
     // shootdowns (~20 us) to every run.
     std::mem::forget(engine);
-    report(args.io.json, &result, &result)
+    report(args.io.json, streamed, &result, &result)
 }
 
 /// The engine of a one-shot command, which SIGINT, SIGTERM and SIGHUP stop
-/// cleanly (`stop.rs`), and the signalfd that tells whether one came.
-fn start_engine(config: EngineConfig) -> anyhow::Result<(Engine, std::os::fd::OwnedFd)> {
+/// cleanly (`stop.rs`), the signalfd that tells whether one came, and
+/// whether the program's output passes through as it comes (`echo.rs`;
+/// asked with `pass_through`, done unless formicary's stdout or stderr is
+/// not open).
+fn start_engine(
+    config: EngineConfig,
+    pass_through: bool,
+) -> anyhow::Result<(Engine, std::os::fd::OwnedFd, bool)> {
     stop::block().context("cannot block the stop signals")?;
     let signals = stop::signal_fd().context("cannot watch the stop signals")?;
     let engine = Engine::new(config).context("cannot start the sandbox engine")?;
@@ -131,7 +138,9 @@ fn start_engine(config: EngineConfig) -> anyhow::Result<(Engine, std::os::fd::Ow
         .try_clone()
         .context("cannot watch the stop signals")?;
     let _ = engine.stop_runs_on(for_engine);
-    Ok((engine, signals))
+    let streamed = pass_through
+        && echo::writers().is_some_and(|(out, err)| engine.echo_output_to(out, err).is_ok());
+    Ok((engine, signals, streamed))
 }
 
 /// When a stop signal came during the run: says so (and prints the run's
@@ -156,8 +165,11 @@ fn stopped(signals: &std::os::fd::OwnedFd, json: bool, result: &RunResult) -> Op
 
 /// Prints a result (`json_value` as JSON, or the program's output passed
 /// through) and gives the exit code.
+/// Prints the result: one JSON object, or (`streamed`: the program's
+/// output has passed through already) the output and why the run ended.
 fn report(
     json: bool,
+    streamed: bool,
     json_value: &impl serde::Serialize,
     result: &RunResult,
 ) -> anyhow::Result<ExitCode> {
@@ -167,7 +179,7 @@ fn report(
         serde_json::to_writer(&mut out, json_value).context("cannot print the result")?;
         writeln!(out).context("cannot print the result")?;
     } else {
-        print_plain(result);
+        print_plain(result, streamed);
     }
     Ok(ExitCode::from(code))
 }
@@ -253,7 +265,7 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
         profile: args.io.profile,
         network,
     };
-    let (engine, signals) = start_engine(config)?;
+    let (engine, signals, streamed) = start_engine(config, !args.io.json)?;
     let result = language.run(&engine, &request)?;
     if let Some(code) = stopped(&signals, args.io.json, &result.run) {
         return Ok(code);
@@ -265,7 +277,7 @@ fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             let _ = std::io::stderr().write_all(compile.stderr.as_bytes());
         }
     }
-    report(args.io.json, &result, &result.run)
+    report(args.io.json, streamed, &result, &result.run)
 }
 
 /// A source file from the command line: a relative path keeps its
@@ -358,13 +370,16 @@ fn runtimes(args: &RuntimesArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Without --json: the program's output passes through, and a line on
-/// stderr says why the run ended when the program did not end by itself.
-fn print_plain(result: &RunResult) {
-    // Byte for byte: binary output passes through unchanged.
-    let _ = std::io::stdout().write_all(result.stdout_bytes());
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().write_all(result.stderr_bytes());
+/// Without --json: the program's output passes through (as it came, when
+/// `streamed`; here otherwise), and a line on stderr says why the run
+/// ended when the program did not end by itself.
+fn print_plain(result: &RunResult, streamed: bool) {
+    if !streamed {
+        // Byte for byte: binary output passes through unchanged.
+        let _ = std::io::stdout().write_all(result.stdout_bytes());
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().write_all(result.stderr_bytes());
+    }
     let l = &result.limits;
     let note = match result.status {
         Status::Ok | Status::RuntimeError => None,

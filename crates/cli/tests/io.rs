@@ -290,3 +290,61 @@ fn an_out_dir_that_is_a_file_is_refused_before_anything_runs() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("is not a directory"), "{stderr}");
 }
+
+#[test]
+fn without_json_output_passes_through_while_the_program_still_runs() {
+    require_root!();
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    // The program writes a line to each stream, then waits for the wall
+    // limit. Both lines must reach formicary's own stdout and stderr while
+    // formicary (and so the program) is still running: before the pass
+    // through, nothing came until the run's end.
+    let mut child = sh("echo to-stdout; echo to-stderr >&2; sleep 30")
+        .flags(&["--wall-time", "20"])
+        .command(false)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start formicary");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut err = BufReader::new(child.stderr.take().expect("stderr"));
+    let (mut line, mut err_line) = (String::new(), String::new());
+    out.read_line(&mut line).expect("read stdout");
+    err.read_line(&mut err_line).expect("read stderr");
+    assert_eq!(line, "to-stdout\n");
+    assert_eq!(err_line, "to-stderr\n");
+    assert!(
+        child.try_wait().expect("poll formicary").is_none(),
+        "the lines came only once formicary had ended"
+    );
+    // Stop it (the signal stops the run cleanly): nothing is printed twice.
+    // SAFETY: kill with integers; the child is ours and not yet reaped.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).expect("read the rest");
+    assert_eq!(rest, "", "stdout repeated after the run");
+    let status = child.wait().expect("wait for formicary");
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM));
+    let mut err_rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut err_rest).expect("read stderr");
+    assert!(
+        !err_rest.contains("to-stderr"),
+        "stderr repeated: {err_rest}"
+    );
+}
+
+#[test]
+fn passed_through_output_is_whole_and_cut_at_the_output_limit() {
+    require_root!();
+    // More than a pipe holds, so the copy must wait for its reader.
+    let out = sh("head -c 300000 /dev/zero | tr '\\0' x; echo; echo end >&2").output();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(out.stdout.len(), 300_001);
+    assert!(out.stdout[..300_000].iter().all(|&b| b == b'x'));
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "end\n");
+    let out = sh("yes").flags(&["--output", "1000"]).output();
+    assert_eq!(out.status.code(), Some(137));
+    assert_eq!(out.stdout.len(), 1000, "exactly what was kept");
+}

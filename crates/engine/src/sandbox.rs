@@ -89,6 +89,9 @@ pub struct Engine {
     stopping: std::sync::atomic::AtomicBool,
     /// See [`Engine::stop_runs_on`].
     stop_fd: std::sync::OnceLock<OwnedFd>,
+    /// Where each run's program's stdout and stderr are copied as they come
+    /// (`echo_output_to`).
+    echo: std::sync::OnceLock<(OwnedFd, OwnedFd)>,
 }
 
 /// The pidfds of an engine's live inits, by registration number.
@@ -226,6 +229,7 @@ impl Engine {
             live: std::sync::Arc::new(LiveInits::default()),
             stopping: std::sync::atomic::AtomicBool::new(false),
             stop_fd: std::sync::OnceLock::new(),
+            echo: std::sync::OnceLock::new(),
         })
     }
 
@@ -274,6 +278,26 @@ impl Engine {
     /// thread, [`Engine::stop_all`] does the same.)
     pub fn stop_runs_on(&self, fd: OwnedFd) -> Result<(), OwnedFd> {
         self.stop_fd.set(fd)
+    }
+
+    /// From now on, the output of each run's program (its last stage; not
+    /// a compile stage's) is copied to `stdout` and `stderr` as the
+    /// supervisor reads it, so a front end can pass it through while the
+    /// program runs, in the order it came. It is still kept in the result
+    /// (up to the output limit, like the copy). Give non-blocking
+    /// descriptors: a blocking one that a reader does not drain holds the
+    /// supervisor up, and the limits with it; a non-blocking one never
+    /// does, and what its reader has not taken yet goes after the program
+    /// ends. A reader that goes away ends the copy (the caller should
+    /// ignore `SIGPIPE`, as Rust programs do). For one-shot front ends that
+    /// run one program at a time; set once, and returns the descriptors
+    /// back if some were set already.
+    pub fn echo_output_to(
+        &self,
+        stdout: OwnedFd,
+        stderr: OwnedFd,
+    ) -> Result<(), (OwnedFd, OwnedFd)> {
+        self.echo.set((stdout, stderr))
     }
 
     /// How many sandboxes of this engine have an init not yet reaped.
@@ -805,6 +829,14 @@ impl Engine {
                     cpu_baseline_ns: baseline.as_ref().map_or(0, |u| u.cpu_time_ns),
                     init_pid: pid,
                     stop: self.stop_fd.get().map(|f| f.as_fd()),
+                    echo: self
+                        .echo
+                        .get()
+                        .filter(|_| last)
+                        .map(|(out, err)| supervisor::Echo {
+                            stdout: out.as_fd(),
+                            stderr: err.as_fd(),
+                        }),
                 },
                 notifier.as_ref(),
                 &mut answered,

@@ -38,6 +38,19 @@ pub struct Watch<'a> {
     /// Readable (a signalfd, an eventfd, a pipe): the run is to end at
     /// once, init killed (see `Engine::stop_runs_on`).
     pub stop: Option<BorrowedFd<'a>>,
+    /// Where the output is copied as it is read, besides being kept (see
+    /// `Engine::echo_output_to`).
+    pub echo: Option<Echo<'a>>,
+}
+
+/// The descriptors a stage's stdout and stderr are copied to as they come.
+/// Non-blocking ones never hold the loop up: what a slow reader has not
+/// taken waits (it is kept anyway) and goes when the descriptor is
+/// writable, the rest once the stage has ended.
+#[derive(Clone, Copy)]
+pub struct Echo<'a> {
+    pub stdout: BorrowedFd<'a>,
+    pub stderr: BorrowedFd<'a>,
 }
 
 /// One output stream, kept up to the limit.
@@ -46,6 +59,30 @@ pub struct Captured {
     pub bytes: Vec<u8>,
     pub truncated: bool,
     open: bool,
+    /// How many of `bytes` went to the echo descriptor so far.
+    echoed: usize,
+    /// Whether the echo descriptor still takes bytes (a reader that went
+    /// away ends the copy, not the run).
+    echo_open: bool,
+}
+
+impl Captured {
+    /// Bytes read but not echoed yet.
+    fn unechoed(&self) -> bool {
+        self.echo_open && self.echoed < self.bytes.len()
+    }
+
+    /// Copies what has not been echoed to `fd`, as much as it takes now
+    /// (all of it when `fd` blocks).
+    fn echo_to(&mut self, fd: BorrowedFd<'_>) {
+        while self.unechoed() {
+            match crate::sys::write_some(fd, &self.bytes[self.echoed..]) {
+                Ok(n) if n > 0 => self.echoed += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                _ => self.echo_open = false,
+            }
+        }
+    }
 }
 
 /// What happened while the program ran.
@@ -123,15 +160,18 @@ pub fn supervise(
 ) -> Outcome {
     let _ = crate::sys::set_nonblocking(watch.stdout.as_fd());
     let _ = crate::sys::set_nonblocking(watch.stderr.as_fd());
+    let echoing = watch.echo.is_some();
     let mut out = Outcome {
         exit: None,
         observed: Observed::default(),
         stdout: Captured {
             open: true,
+            echo_open: echoing,
             ..Captured::default()
         },
         stderr: Captured {
             open: true,
+            echo_open: echoing,
             ..Captured::default()
         },
         wall: Duration::ZERO,
@@ -201,21 +241,26 @@ pub fn supervise(
             .as_millis()
             .min(i32::MAX as u128) as i32;
 
-        let mut fds = Vec::with_capacity(5);
-        let mut roles = Vec::with_capacity(5);
+        let mut fds = Vec::with_capacity(7);
+        let mut roles = Vec::with_capacity(7);
         let notify_fd = notifier.map_or(-1, |n| n.as_raw_fd());
         let stop_fd = watch.stop.map_or(-1, |f| f.as_raw_fd());
-        for (open, fd, role) in [
-            (sync_open, watch.sync.as_raw_fd(), 0),
-            (out.stdout.open, watch.stdout.as_raw_fd(), 1),
-            (out.stderr.open, watch.stderr.as_raw_fd(), 2),
-            (notify_open, notify_fd, 3),
-            (stop_open, stop_fd, 4),
+        let (echo_out, echo_err) = watch
+            .echo
+            .map_or((-1, -1), |e| (e.stdout.as_raw_fd(), e.stderr.as_raw_fd()));
+        for (open, fd, role, events) in [
+            (sync_open, watch.sync.as_raw_fd(), 0, libc::POLLIN),
+            (out.stdout.open, watch.stdout.as_raw_fd(), 1, libc::POLLIN),
+            (out.stderr.open, watch.stderr.as_raw_fd(), 2, libc::POLLIN),
+            (notify_open, notify_fd, 3, libc::POLLIN),
+            (stop_open, stop_fd, 4, libc::POLLIN),
+            (out.stdout.unechoed(), echo_out, 5, libc::POLLOUT),
+            (out.stderr.unechoed(), echo_err, 6, libc::POLLOUT),
         ] {
             if open && fd >= 0 {
                 fds.push(libc::pollfd {
                     fd,
-                    events: libc::POLLIN,
+                    events,
                     revents: 0,
                 });
                 roles.push(role);
@@ -273,10 +318,23 @@ pub fn supervise(
                     } else {
                         watch.stderr.as_fd()
                     };
-                    if read_into(fd, cap, watch.output_limit) {
+                    let hit = read_into(fd, cap, watch.output_limit);
+                    if let Some(echo) = watch.echo {
+                        cap.echo_to(if *role == 1 { echo.stdout } else { echo.stderr });
+                    }
+                    if hit {
                         kill(&mut out.observed.output_exceeded, &mut killed);
                         // Stop reading: what came before the cut is kept.
                         cap.open = false;
+                    }
+                }
+                5 | 6 => {
+                    if let Some(echo) = watch.echo {
+                        if *role == 5 {
+                            out.stdout.echo_to(echo.stdout);
+                        } else {
+                            out.stderr.echo_to(echo.stderr);
+                        }
                     }
                 }
                 4 => {
@@ -309,7 +367,31 @@ pub fn supervise(
     out.wall = ended_at
         .unwrap_or_else(Instant::now)
         .saturating_duration_since(started);
+    if let Some(echo) = watch.echo {
+        // The stage is over: what a slow reader has not taken yet goes
+        // now, waiting for it as long as it takes.
+        flush_echo(&mut out.stdout, echo.stdout);
+        flush_echo(&mut out.stderr, echo.stderr);
+    }
     out
+}
+
+/// Echoes the rest of `cap` to `fd`, waiting while a non-blocking `fd` is
+/// full.
+fn flush_echo(cap: &mut Captured, fd: BorrowedFd<'_>) {
+    while cap.unechoed() {
+        cap.echo_to(fd);
+        if cap.unechoed() {
+            let mut pfd = [libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            }];
+            if crate::sys::poll(&mut pfd, -1).is_err() {
+                return;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -326,6 +408,47 @@ mod tests {
         };
         let hit = read_into(rd.as_fd(), &mut cap, limit);
         (cap, hit)
+    }
+
+    #[test]
+    fn echo_takes_what_a_full_reader_takes_and_the_rest_at_the_end() {
+        let (rd, wr) = crate::sys::pipe().expect("pipe");
+        crate::sys::set_nonblocking(wr.as_fd()).expect("non-blocking");
+        let bytes: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let mut cap = Captured {
+            bytes: bytes.clone(),
+            echo_open: true,
+            ..Captured::default()
+        };
+        // A pipe holds 64 KiB: the copy takes that much and does not wait.
+        cap.echo_to(wr.as_fd());
+        assert!(cap.unechoed());
+        assert!(cap.echoed > 0 && cap.echoed < bytes.len(), "{}", cap.echoed);
+        // Once the stage is over, the rest goes as the reader drains.
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            std::io::Read::read_to_end(&mut std::fs::File::from(rd), &mut got).expect("read");
+            got
+        });
+        flush_echo(&mut cap, wr.as_fd());
+        drop(wr);
+        assert!(!cap.unechoed());
+        assert_eq!(reader.join().expect("reader"), bytes);
+    }
+
+    #[test]
+    fn a_reader_that_goes_away_ends_the_echo_not_the_capture() {
+        let (rd, wr) = crate::sys::pipe().expect("pipe");
+        drop(rd);
+        let mut cap = Captured {
+            bytes: b"kept".to_vec(),
+            echo_open: true,
+            ..Captured::default()
+        };
+        // EPIPE (Rust ignores SIGPIPE): the copy stops, the bytes stay.
+        flush_echo(&mut cap, wr.as_fd());
+        assert!(!cap.echo_open);
+        assert_eq!(cap.bytes, b"kept");
     }
 
     #[test]

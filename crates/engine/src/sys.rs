@@ -237,24 +237,26 @@ pub fn send_with_fds(sock: BorrowedFd<'_>, bytes: &[u8], fds: &[RawFd]) -> io::R
 pub fn write_all(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<()> {
     let mut done = 0;
     while done < bytes.len() {
-        // SAFETY: the range lies within `bytes`.
-        let n = unsafe {
-            libc::write(
-                fd.as_raw_fd(),
-                bytes[done..].as_ptr().cast(),
-                bytes.len() - done,
-            )
-        };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        done += n as usize;
+        done += write_some(fd, &bytes[done..])?;
     }
     Ok(())
+}
+
+/// One `write(2)` of as much of `bytes` as `fd` takes (retried on EINTR):
+/// how many bytes were written. A non-blocking descriptor that takes none
+/// now fails with `WouldBlock`.
+pub fn write_some(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: the pointer and length describe `bytes`.
+        let n = unsafe { libc::write(fd.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
 }
 
 /// Reads from `fd` into the spare capacity of `buf` (at most `max` bytes,
