@@ -151,6 +151,23 @@ fn disk_limit_makes_writes_fail() {
 }
 
 #[test]
+fn the_whole_disk_limit_is_the_programs() {
+    // The root's own files live in the same tmpfs as /sandbox and /tmp;
+    // they must not take any of the limit: exactly 8 MiB fit, a byte more
+    // does not.
+    require_root!();
+    let r = exec(&[
+        "sh",
+        "-c",
+        "dd if=/dev/zero of=/sandbox/f bs=1M count=8 2>/dev/null && echo fits \
+         && (echo x > /tmp/g) 2>/dev/null || echo full",
+    ])
+    .flags(&["--disk", "8M"])
+    .run();
+    assert_eq!(r.stdout(), "fits\nfull\n", "{:?}", r.json);
+}
+
+#[test]
 fn disk_limit_is_shared_by_tmp() {
     require_root!();
     let r = exec(&["dd", "if=/dev/zero", "of=/tmp/f", "bs=1M", "count=100"])

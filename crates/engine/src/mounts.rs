@@ -22,11 +22,12 @@ use std::path::{Component, Path, PathBuf};
 /// pivot_root moves the tmpfs off it at once (so host paths under /tmp can
 /// still be bound).
 const BUILD_ROOT: &CStr = c"/tmp";
-/// `BUILD_ROOT` as a path.
-const BUILD_ROOT_PATH: &str = "/tmp";
 /// Where the host's root stays reachable while the new root is assembled
 /// (the binds take their sources from it); detached before the seal.
 const OLD_ROOT: &str = "/.oldroot";
+/// An empty directory of the root, bound over the /proc directories that
+/// are masked, then removed (the binds keep it, empty and unlinked).
+const EMPTY_DIR: &CStr = c"/.empty";
 
 /// The sandbox user's uid and gid inside the sandbox.
 pub const SANDBOX_ID: u32 = 1000;
@@ -96,7 +97,7 @@ fn proc_masks() -> &'static (Vec<&'static str>, Vec<&'static str>) {
     })
 }
 
-/// Directories in /proc hidden under an empty read-only tmpfs (the rest of
+/// Directories in /proc hidden under an empty read-only directory (the rest of
 /// /proc, /proc/sys, /proc/bus, /proc/fs and /proc/irq included, is made
 /// read-only by the seal, as container runtimes do).
 const MASKED_PROC_DIRS: &[&str] = &["/proc/acpi", "/proc/asound", "/proc/scsi"];
@@ -262,10 +263,6 @@ pub enum MountOp {
         source: CString,
         target: CString,
     },
-    Tmpfs {
-        target: CString,
-        options: CString,
-    },
     /// A new procfs for the sandbox's pid namespace.
     Proc {
         target: CString,
@@ -275,8 +272,8 @@ pub enum MountOp {
     MaskFile {
         target: CString,
     },
-    /// Hide a directory with an empty read-only tmpfs (skipped on
-    /// `ENOENT`, as for files).
+    /// Hide a directory with a bind of an empty directory, read-only
+    /// after the seal (skipped on `ENOENT`, as for files).
     MaskDir {
         target: CString,
     },
@@ -299,6 +296,9 @@ pub enum MountOp {
 /// Every step to build the sandbox's root, prepared ahead of the clone.
 #[derive(Debug)]
 pub struct MountPlan {
+    /// The root tmpfs's mount options: its size is the disk limit plus
+    /// what the plan itself writes into it.
+    root_options: CString,
     ops: Vec<MountOp>,
 }
 
@@ -536,41 +536,26 @@ impl MountPlan {
             });
         }
 
-        // The writable tmpfs: one filesystem, so one size limit covers
-        // /sandbox, /tmp and /dev/shm together. It is staged under the old
-        // root, on the directory the root tmpfs was built on (mountable:
-        // it just was), and its parts bound into place. The staging mount
-        // goes away with the old root: one detach, and so one wait for the
-        // kernel's RCU grace period, instead of two.
-        let stage = Builder::host(Path::new(BUILD_ROOT_PATH));
-        let inodes = (disk_bytes / 1024).clamp(1024, 1 << 20);
-        b.ops.push(MountOp::Tmpfs {
-            target: cstring(&stage)?,
-            options: cstr(&format!("size={disk_bytes},nr_inodes={inodes},mode=0755")),
-        });
-        for (part, inside, mode) in [
-            ("sandbox", "/sandbox", 0o755),
-            ("tmp", "/tmp", 0o1777),
-            ("shm", "/dev/shm", 0o1777),
-        ] {
-            let source = stage.join(part);
-            b.ops.push(MountOp::Mkdir {
-                path: cstring(&source)?,
-                mode: 0o755,
-            });
+        // The writable parts are directories of the root's own tmpfs, each
+        // bound onto itself so that the seal below can leave them writable
+        // while the rest of the root is read-only: one filesystem, so one
+        // size limit covers /sandbox, /tmp and /dev/shm together, and no
+        // superblock of its own to make and tear down per sandbox.
+        for (inside, mode) in [("/sandbox", 0o755), ("/tmp", 0o1777), ("/dev/shm", 0o1777)] {
+            let path = cstring(&Builder::at(Path::new(inside)))?;
             b.ops.push(MountOp::Chmod {
-                path: cstring(&source)?,
+                path: path.clone(),
                 mode,
             });
-            if part == "sandbox" {
+            if inside == "/sandbox" {
                 b.ops.push(MountOp::Chown {
-                    path: cstring(&source)?,
+                    path: path.clone(),
                     id: SANDBOX_ID,
                 });
             }
             b.ops.push(MountOp::BindWritable {
-                source: cstring(&source)?,
-                target: cstring(&Builder::at(Path::new(inside)))?,
+                source: path.clone(),
+                target: path,
             });
         }
 
@@ -584,9 +569,20 @@ impl MountPlan {
                 target: cstring(&Builder::at(Path::new(file)))?,
             });
         }
-        for dir in mask_dirs {
-            b.ops.push(MountOp::MaskDir {
-                target: cstring(&Builder::at(Path::new(dir)))?,
+        if !mask_dirs.is_empty() {
+            b.ops.push(MountOp::Mkdir {
+                path: EMPTY_DIR.to_owned(),
+                mode: 0o555,
+            });
+            for dir in mask_dirs {
+                b.ops.push(MountOp::MaskDir {
+                    target: cstring(&Builder::at(Path::new(dir)))?,
+                });
+            }
+            // The binds keep the directory; unlinked, nothing can be made
+            // in it, and the root does not show it.
+            b.ops.push(MountOp::Rmdir {
+                path: EMPTY_DIR.to_owned(),
             });
         }
 
@@ -614,12 +610,26 @@ impl MountPlan {
             b.ops.push(MountOp::UnsealWritable { target: cstr(dir) });
         }
 
-        Ok(MountPlan { ops: b.ops })
+        // The root's tmpfs holds the writable parts, so its size is the
+        // disk limit plus the plan's own files, which the sandbox cannot
+        // write (the root is read-only) and must not pay for.
+        let (skeleton_bytes, skeleton_inodes) = skeleton_usage(&b.ops);
+        let inodes = (disk_bytes / 1024).clamp(1024, 1 << 20) + skeleton_inodes;
+        let size = disk_bytes.saturating_add(skeleton_bytes);
+        Ok(MountPlan {
+            root_options: cstr(&format!("size={size},nr_inodes={inodes},mode=0755")),
+            ops: b.ops,
+        })
     }
 
     /// The steps, for tests and for `formicary check`.
     pub fn ops(&self) -> &[MountOp] {
         &self.ops
+    }
+
+    /// The root tmpfs's mount options (its size and inode count).
+    pub fn root_options(&self) -> &CStr {
+        &self.root_options
     }
 
     /// Makes the mount namespace private, mounts the root tmpfs and runs
@@ -640,7 +650,8 @@ impl MountPlan {
             },
             "make mounts private",
         )?;
-        // SAFETY: constant C strings. The tmpfs becomes the root at once;
+        // SAFETY: constant C strings and the plan's options. The tmpfs
+        // becomes the root at once;
         // the host's root stays reachable at OLD_ROOT for the binds.
         unsafe {
             check_int(
@@ -649,7 +660,7 @@ impl MountPlan {
                     BUILD_ROOT.as_ptr(),
                     c"tmpfs".as_ptr(),
                     libc::MS_NOSUID | libc::MS_NODEV,
-                    c"size=1m,nr_inodes=4096,mode=0755".as_ptr().cast(),
+                    self.root_options.as_ptr().cast(),
                 ),
                 "mount the root tmpfs",
             )?;
@@ -672,6 +683,35 @@ impl MountPlan {
         }
         Ok(())
     }
+}
+
+/// The space the plan's own entries take in the root's tmpfs: pages of
+/// file data (a symlink of 128 bytes or more takes a page too) and inodes
+/// (with the old root's mount point, the root itself and a few spare).
+fn skeleton_usage(ops: &[MountOp]) -> (u64, u64) {
+    // SAFETY: sysconf has no memory effects.
+    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as u64,
+        _ => 4096,
+    };
+    let (mut bytes, mut inodes) = (0u64, 8u64);
+    for op in ops {
+        match op {
+            MountOp::WriteFile { content, .. } => {
+                bytes += (content.len() as u64).div_ceil(page) * page;
+                inodes += 1;
+            }
+            MountOp::Symlink { target, .. } => {
+                if target.as_bytes().len() >= 128 {
+                    bytes += page;
+                }
+                inodes += 1;
+            }
+            MountOp::Mkdir { .. } | MountOp::Touch { .. } => inodes += 1,
+            _ => {}
+        }
+    }
+    (bytes, inodes)
 }
 
 /// mount_setattr(2): `attr_set` set and `attr_clr` cleared on `target` and
@@ -838,21 +878,6 @@ fn apply_op(op: &MountOp) -> Result<(), ChildFailure> {
         MountOp::BindWritable { source, target } => {
             bind(source, target, "bind a writable directory")?;
         }
-        MountOp::Tmpfs { target, options } => {
-            check_int(
-                // SAFETY: valid C strings.
-                unsafe {
-                    libc::mount(
-                        c"tmpfs".as_ptr(),
-                        target.as_ptr(),
-                        c"tmpfs".as_ptr(),
-                        libc::MS_NOSUID | libc::MS_NODEV,
-                        options.as_ptr().cast(),
-                    )
-                },
-                "mount the writable tmpfs",
-            )?;
-        }
         MountOp::Proc { target } => {
             check_int(
                 // SAFETY: valid C strings.
@@ -875,19 +900,7 @@ fn apply_op(op: &MountOp) -> Result<(), ChildFailure> {
             absent_is_fine(bind(c"/dev/null", target, "mask a /proc file"))?;
         }
         MountOp::MaskDir { target } => {
-            absent_is_fine(check_int(
-                // SAFETY: valid C strings.
-                unsafe {
-                    libc::mount(
-                        c"tmpfs".as_ptr(),
-                        target.as_ptr(),
-                        c"tmpfs".as_ptr(),
-                        libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                        c"size=0,nr_inodes=1".as_ptr().cast(),
-                    )
-                },
-                "mask a /proc directory",
-            ))?;
+            absent_is_fine(bind(EMPTY_DIR, target, "mask a /proc directory"))?;
         }
         MountOp::Chown { path, id } => {
             check_int(
@@ -907,7 +920,7 @@ fn apply_op(op: &MountOp) -> Result<(), ChildFailure> {
             check_int(
                 // SAFETY: valid C string.
                 unsafe { libc::rmdir(path.as_ptr()) },
-                "remove the old root's mount point",
+                "remove a directory used only to build the root",
             )?;
         }
         MountOp::Detach { target } => {
@@ -973,22 +986,54 @@ mod tests {
         assert!(ops
             .iter()
             .any(|p| p.starts_with("BindReadOnly") && p.contains("\"/.oldroot/usr\"")));
-        assert!(ops.iter().any(|p| p.contains("size=67108864")));
         for masked in ["/proc/keys", "/proc/kallsyms"] {
             assert!(ops
                 .iter()
                 .any(|p| p.starts_with("MaskFile") && p.contains(masked)));
         }
-        // No writable bind of a host path: every BindWritable source is in
-        // the staging tmpfs, mounted (as a Tmpfs op) on the old root's /tmp.
-        assert!(plan.ops().iter().any(|op| matches!(op,
-            MountOp::Tmpfs { target, .. } if target.to_bytes() == b"/.oldroot/tmp")));
-        for op in plan.ops() {
-            if let MountOp::BindWritable { source, .. } = op {
-                assert!(
-                    source.to_bytes().starts_with(b"/.oldroot/tmp/"),
-                    "{source:?}"
-                );
+        // The root's tmpfs is the disk: its size is the limit plus the
+        // plan's own files (a page each, here), never less.
+        let options = plan.root_options().to_str().expect("ASCII options");
+        let size: u64 = options
+            .split(',')
+            .find_map(|o| o.strip_prefix("size="))
+            .and_then(|v| v.parse().ok())
+            .expect("a size");
+        // SAFETY: sysconf has no memory effects.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+        let file_pages: u64 = plan
+            .ops()
+            .iter()
+            .filter_map(|op| match op {
+                MountOp::WriteFile { content, .. } => Some((content.len() as u64).div_ceil(page)),
+                _ => None,
+            })
+            .sum();
+        assert!(file_pages >= 2, "passwd and group at least");
+        assert_eq!(size, (64 << 20) + file_pages * page, "{options}");
+        // No writable bind of a host path: each writable bind is a part
+        // of the root's own tmpfs bound onto itself.
+        let writable: Vec<_> = plan
+            .ops()
+            .iter()
+            .filter_map(|op| match op {
+                MountOp::BindWritable { source, target } => {
+                    assert_eq!(source, target);
+                    Some(target.to_str().expect("UTF-8").to_string())
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(writable, ["/sandbox", "/tmp", "/dev/shm"]);
+        // The /proc directory masks bind an empty directory that is
+        // removed afterwards.
+        let empty_removed = plan
+            .ops()
+            .iter()
+            .position(|op| matches!(op, MountOp::Rmdir { path } if path.as_c_str() == EMPTY_DIR));
+        for (i, op) in plan.ops().iter().enumerate() {
+            if matches!(op, MountOp::MaskDir { .. }) {
+                assert!(empty_removed.is_some_and(|r| r > i));
             }
         }
         // One detach only: the old root, and the staging mount with it.
