@@ -184,3 +184,49 @@ fn the_spawner_is_not_a_command() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("sandbox spawner"), "{stderr}");
 }
+
+#[test]
+fn programs_in_sandboxes_built_ahead_start_with_default_signals() {
+    // init cloned from the spawner does not reset signals itself: the
+    // spawner reset its own when it started. A caller that ignores signals
+    // (nohup, a service manager) must not pass that on through it.
+    require_root!();
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new(BIN);
+    command
+        .args(["batch", "--jobs", "1", "--warm", "1"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: signal(2) between fork and exec, on the child's own
+    // dispositions; async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            libc::signal(libc::SIGUSR1, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().expect("start formicary batch");
+    let request = "{\"id\": 1, \"command\": [\"sh\", \"-c\", \"grep -E '^Sig(Ign|Blk)' /proc/self/status; yes | head -1\"]}\n";
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(request.repeat(2).as_bytes())
+        .expect("write requests");
+    let out = child.wait_with_output().expect("wait for formicary batch");
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for line in &lines {
+        assert_eq!(line["status"], "ok", "{line}");
+        assert_eq!(
+            line["stdout"], "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\ny\n",
+            "{line}"
+        );
+        assert_eq!(line["stderr"], "", "yes wrote to a closed pipe and lived");
+    }
+}

@@ -180,6 +180,10 @@ pub struct ChildPlan<'a> {
     /// (no process to clone, switch to and reap): for sandboxes built
     /// ahead.
     pub root_by_helper: bool,
+    /// Cloned from a process whose dispositions are all default and whose
+    /// mask is empty (the spawner resets its own once, at its start), so
+    /// init has nothing to reset.
+    pub signals_are_default: bool,
 }
 
 fn send(fd: RawFd, message: &Message, attach: Option<RawFd>) -> Result<(), ChildFailure> {
@@ -457,7 +461,7 @@ fn wait_for_root_builder(builder: libc::pid_t) -> Result<(), ChildFailure> {
 /// Raw system calls: glibc's `sigaction` refuses its own two real-time
 /// signals, which a caller may still have ignored. (SIGKILL and SIGSTOP
 /// cannot be changed: those two calls fail, harmlessly.)
-fn reset_signals() {
+pub(crate) fn reset_signals() {
     /// The kernel's `struct sigaction` on x86-64 and aarch64.
     #[repr(C)]
     struct KernelSigaction {
@@ -510,7 +514,9 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
     // may block or ignore others (an ignored SIGCHLD would even take the
     // programs' exit statuses from init). Every program starts as it would
     // from a shell: default dispositions, nothing blocked.
-    reset_signals();
+    if !plan.signals_are_default {
+        reset_signals();
+    }
     // The command line init inherited is the supervisor's: blank it.
     if let Some((start, end)) = plan.arg_area {
         if end > start {

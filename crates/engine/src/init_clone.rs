@@ -240,6 +240,9 @@ pub(crate) fn spawn_init(
         arg_area: base.arg_area,
         proxy_port: shape.proxy_port,
         root_by_helper: shape.root_by_helper,
+        // Only the spawner clones with CLONE_PARENT, and it reset its own
+        // signals when it started.
+        signals_are_default: clone_parent,
     };
     let (pid, pidfd) = clone_sandbox(&plan, clone_parent).map_err(SpawnError::Clone)?;
     // The child has its own copies of the plan, buffers and descriptors.

@@ -406,6 +406,10 @@ fn helper_main() -> ! {
     // (`/proc/self/exe`: "exe"); say what it is in ps and top.
     // SAFETY: prctl reads a NUL-terminated name of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"formicary-spawn".as_ptr(), 0, 0, 0) };
+    // Default dispositions (the Rust runtime ignores SIGPIPE) and an empty
+    // mask, once: every init cloned from here inherits them, and need not
+    // reset 64 signals itself.
+    crate::child::reset_signals();
     let code = match take_socket() {
         Ok(socket) => match serve(socket) {
             Ok(()) => 0,

@@ -196,6 +196,48 @@ fn memory_hog_is_oom_killed_and_peak_is_near_the_limit() {
 }
 
 #[test]
+fn v1_sandboxes_get_the_oom_killer_even_when_their_parent_disabled_it() {
+    // A v1 cgroup inherits `oom_kill_disable` from its parent, and the
+    // manager writes it only when the new cgroup does not say 0: a parent
+    // that has it disabled must not pass that on (the sandbox would hang
+    // at its memory limit instead of being killed).
+    let Some(host) = host_or_skip("oom_inherit") else {
+        return;
+    };
+    if host.version() != Some(CgroupVersion::V1) {
+        eprintln!("SKIP oom_inherit: not cgroup v1");
+        return;
+    }
+    let parent = Parent::new(&host, "oominherit");
+    let first = host.create(&parent.name, "sb1", &LIMITS).expect("create");
+    let memory = host
+        .report()
+        .hierarchies
+        .iter()
+        .find(|h| h.used && h.controllers.iter().any(|c| c == "memory"))
+        .expect("a memory hierarchy")
+        .mount_point
+        .join(&parent.name);
+    let oom_control = |dir: &std::path::Path| {
+        std::fs::read_to_string(dir.join("memory.oom_control")).expect("read oom_control")
+    };
+    assert!(oom_control(&memory.join("sb1")).contains("oom_kill_disable 0"));
+    std::fs::write(memory.join("memory.oom_control"), "1").expect("disable at the parent");
+    assert!(oom_control(&memory).contains("oom_kill_disable 1"));
+    let second = host.create(&parent.name, "sb2", &LIMITS).expect("create");
+    assert!(
+        oom_control(&memory.join("sb2")).contains("oom_kill_disable 0"),
+        "{}",
+        oom_control(&memory.join("sb2"))
+    );
+    let status = start_in(second.as_ref(), "alloc64").wait().expect("wait");
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    std::fs::write(memory.join("memory.oom_control"), "0").expect("enable again");
+    first.destroy().expect("destroy");
+    second.destroy().expect("destroy");
+}
+
+#[test]
 fn fork_loop_hits_the_pids_limit() {
     let Some(host) = host_or_skip("fork_loop") else {
         return;

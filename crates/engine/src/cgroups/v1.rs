@@ -13,9 +13,11 @@
 //!    the same value so that swap is 0 (the memsw limit can never be below
 //!    the memory limit, hence the order). Without swap accounting the memsw
 //!    files are absent: `memory.swappiness` = 0 is written instead, and the
-//!    report says swap is not accounted. `memory.oom_control` = 0 makes sure
-//!    the OOM killer is enabled (the setting is inherited from the parent,
-//!    and a disabled OOM killer would hang the sandbox instead of killing it);
+//!    report says swap is not accounted. The OOM killer must be enabled (a
+//!    disabled one would hang the sandbox instead of killing it): the new
+//!    cgroup inherits the parent's setting, so `memory.oom_control` is read
+//!    (through the descriptor kept for the usage) and written 0 only when
+//!    it does not say `oom_kill_disable 0`;
 //! 4. pids: `pids.max`.
 //!
 //! v1 has no `cgroup.kill` and no `memory.oom.group`: [`Cgroup::kill_all`]
@@ -192,7 +194,12 @@ impl V1Cgroup {
             if !swap_accounted {
                 write(fs, memory.join("memory.swappiness"), "0")?;
             }
-            write(fs, memory.join("memory.oom_control"), "0")?;
+            // A new cgroup inherits its parent's setting, which is almost
+            // always "enabled": one read of the file kept open for the
+            // usage instead of an open, a write and a close.
+            if !self.memory_oom_control.has_line("oom_kill_disable 0") {
+                write(fs, memory.join("memory.oom_control"), "0")?;
+            }
         }
         if change.pids {
             write(fs, self.pids.join("pids.max"), &limits.pids.to_string())?;
