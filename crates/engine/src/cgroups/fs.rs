@@ -15,7 +15,7 @@
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 /// The filesystem operations whose behaviour differs between cgroupfs and a
@@ -23,6 +23,9 @@ use std::path::Path;
 pub(crate) trait CgroupFs: Send + Sync + std::fmt::Debug {
     /// Writes `value` to an existing interface file in one `write(2)`.
     fn write_file(&self, path: &Path, value: &str) -> io::Result<()>;
+    /// The same for the file `name` in the directory open at `dir`: no walk
+    /// down the whole path again (each cgroupfs level takes a kernfs lock).
+    fn write_file_at(&self, dir: BorrowedFd<'_>, name: &str, value: &str) -> io::Result<()>;
     /// Removes a cgroup directory.
     fn remove_cgroup_dir(&self, path: &Path) -> io::Result<()>;
     /// Sends SIGKILL to every process listed in the `cgroup.procs` file at
@@ -39,6 +42,11 @@ impl CgroupFs for KernelFs {
         // No O_CREAT: a missing file means the controller or feature is absent,
         // and callers tell that (ENOENT) apart from a refused value.
         let mut file = OpenOptions::new().write(true).open(path)?;
+        file.write_all(value.as_bytes())
+    }
+
+    fn write_file_at(&self, dir: BorrowedFd<'_>, name: &str, value: &str) -> io::Result<()> {
+        let mut file = open_at(dir, name, libc::O_WRONLY)?;
         file.write_all(value.as_bytes())
     }
 
@@ -145,6 +153,39 @@ pub(crate) fn parse_pids(text: &str) -> Vec<i32> {
         .collect()
 }
 
+/// Opens the file `name` in the directory open at `dir`, with `flags`
+/// (`O_CLOEXEC` added; `O_CREAT` files get mode 0644).
+pub(crate) fn open_at(dir: BorrowedFd<'_>, name: &str, flags: libc::c_int) -> io::Result<File> {
+    let name =
+        std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `dir` is a live descriptor and `name` a NUL-terminated string;
+    // openat returns a new descriptor or -1.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            0o644,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned `fd` as a new descriptor nothing else owns.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Opens a cgroup directory only as a place to open its files from
+/// (`O_PATH`).
+pub(crate) fn open_path_dir(path: &Path) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file: File = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(path)?;
+    Ok(OwnedFd::from(file))
+}
+
 /// Opens a cgroup directory, for `CLONE_INTO_CGROUP`. Not `O_PATH`: the
 /// kernel refuses path-only fds there.
 pub(crate) fn open_dir(path: &Path) -> io::Result<OwnedFd> {
@@ -168,6 +209,11 @@ pub(crate) struct PlainFs {
 impl CgroupFs for PlainFs {
     fn write_file(&self, path: &Path, value: &str) -> io::Result<()> {
         std::fs::write(path, value)
+    }
+
+    fn write_file_at(&self, dir: BorrowedFd<'_>, name: &str, value: &str) -> io::Result<()> {
+        let mut file = open_at(dir, name, libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC)?;
+        file.write_all(value.as_bytes())
     }
 
     fn remove_cgroup_dir(&self, path: &Path) -> io::Result<()> {

@@ -779,6 +779,70 @@ fn mkdir_new(dir: &Path) -> Result<(), CgroupError> {
     }
 }
 
+/// A sandbox's cgroup directory: its path (for messages and removal) and,
+/// once it exists, a descriptor its files are opened from, so that each
+/// open looks up one name instead of walking the whole path through
+/// cgroupfs again (every level takes a kernfs lock the other sandboxes'
+/// `mkdir` and `rmdir` contend for).
+#[derive(Debug)]
+pub(crate) struct CgroupDir {
+    path: PathBuf,
+    fd: Option<std::os::fd::OwnedFd>,
+}
+
+impl CgroupDir {
+    /// A directory reached by its path only (one found by `cleanup_stale`).
+    fn at(path: PathBuf) -> CgroupDir {
+        CgroupDir { path, fd: None }
+    }
+
+    /// Opens the directory just made: `O_PATH`, or readable when the fd is
+    /// for `CLONE_INTO_CGROUP` (which refuses `O_PATH`).
+    fn open(path: PathBuf, for_clone: bool) -> Result<CgroupDir, CgroupError> {
+        let opened = if for_clone {
+            fs::open_dir(&path)
+        } else {
+            fs::open_path_dir(&path)
+        };
+        match opened {
+            Ok(fd) => Ok(CgroupDir { path, fd: Some(fd) }),
+            Err(source) => Err(CgroupError::Read { path, source }),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        self.fd.as_ref().map(|fd| fd.as_fd())
+    }
+
+    /// Writes `value` to its file `name`.
+    fn write(&self, fs: &dyn CgroupFs, name: &str, value: &str) -> io::Result<()> {
+        match self.fd() {
+            Some(dir) => fs.write_file_at(dir, name, value),
+            None => fs.write_file(&self.path.join(name), value),
+        }
+    }
+}
+
+/// Writes `value` to the file `name` of `dir`, with the path in the error.
+fn write_in(
+    fs: &dyn CgroupFs,
+    dir: &CgroupDir,
+    name: &str,
+    value: &str,
+) -> Result<(), CgroupError> {
+    dir.write(fs, name, value)
+        .map_err(|source| CgroupError::Write {
+            path: dir.path.join(name),
+            value: value.to_string(),
+            source,
+        })
+}
+
 fn write(fs: &dyn CgroupFs, path: PathBuf, value: &str) -> Result<(), CgroupError> {
     fs.write_file(&path, value)
         .map_err(|source| CgroupError::Write {
@@ -903,6 +967,28 @@ impl StatFile {
             }
         };
         Ok(self.file.get_or_init(|| opened))
+    }
+
+    /// Opens the file now from `dir` (the directory it is in), if it can
+    /// be: as [`StatFile::preopen`], without walking the whole path.
+    fn preopen_in(&self, dir: &CgroupDir) {
+        let Some(fd) = dir.fd() else {
+            return self.preopen();
+        };
+        for path in std::iter::once(&self.path).chain(self.fallback.as_ref()) {
+            let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                break;
+            };
+            match fs::open_at(fd, name, libc::O_RDONLY) {
+                Ok(file) => {
+                    let _ = self.file.set((file, path.clone()));
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                // Left for the first read, which says what is wrong.
+                Err(_) => break,
+            }
+        }
     }
 
     /// Opens the file now, if it can be, so that the first read is one

@@ -666,3 +666,49 @@ fn destroy_of_a_busy_cgroup_kills_then_retries() {
     assert_eq!(*fs.killed.lock().expect("lock"), vec![5]);
     assert!(!dir.exists());
 }
+
+// ---- files are reached through the directories' descriptors ----
+
+#[test]
+fn v1_and_v2_write_through_the_directory_they_made_not_its_path() {
+    // A created cgroup opens its files relative to the directory it made
+    // (one name looked up, not the whole path walked through cgroupfs
+    // again). Moving the directory shows it: the writes follow it.
+    let root = fake_root();
+    let (host, _) = fake_host(root.path(), HYBRID, HYBRID_SELF, "hugetlb\n");
+    let cg = host.create("formicary", "sb1", &LIMITS).expect("create");
+    let memory = root.path().join("sys/fs/cgroup/memory/formicary");
+    let pids = root.path().join("sys/fs/cgroup/pids/formicary");
+    std::fs::rename(memory.join("sb1"), memory.join("moved")).expect("move");
+    std::fs::rename(pids.join("sb1"), pids.join("moved")).expect("move");
+    let more = CgroupLimits {
+        memory_bytes: LIMITS.memory_bytes * 2,
+        pids: LIMITS.pids + 1,
+    };
+    cg.update_limits(&more).expect("update");
+    cg.add_process(77).expect("add");
+    assert_eq!(
+        read(memory.join("moved/memory.limit_in_bytes")),
+        (LIMITS.memory_bytes * 2).to_string()
+    );
+    assert_eq!(
+        read(pids.join("moved/pids.max")),
+        (LIMITS.pids + 1).to_string()
+    );
+    assert_eq!(read(pids.join("moved/cgroup.procs")), "77");
+    assert!(!memory.join("sb1").exists());
+
+    let root = fake_root();
+    let (host, _) = fake_host(root.path(), PURE_V2, "0::/init.scope\n", V2_ALL);
+    let cg = host.create("formicary", "sb1", &LIMITS).expect("create");
+    let parent = root.path().join("sys/fs/cgroup/formicary");
+    std::fs::rename(parent.join("sb1"), parent.join("moved")).expect("move");
+    cg.update_limits(&more).expect("update");
+    cg.add_process(78).expect("add");
+    assert_eq!(
+        read(parent.join("moved/memory.max")),
+        (LIMITS.memory_bytes * 2).to_string()
+    );
+    assert_eq!(read(parent.join("moved/cgroup.procs")), "78");
+    assert!(!parent.join("sb1").exists());
+}

@@ -31,8 +31,9 @@ use std::os::fd::BorrowedFd;
 
 use super::fs::CgroupFs;
 use super::{
-    kill_listed_until_empty, mkdir_existing_ok, mkdir_new, remove_with_retry, write, Cgroup,
-    CgroupError, CgroupLimits, CgroupUsage, CgroupVersion, LimitsInForce, StatFile,
+    kill_listed_until_empty, mkdir_existing_ok, mkdir_new, remove_with_retry, write, write_in,
+    Cgroup, CgroupDir, CgroupError, CgroupLimits, CgroupUsage, CgroupVersion, LimitsInForce,
+    StatFile,
 };
 
 /// The mount points of the hierarchies a sandbox uses.
@@ -61,9 +62,12 @@ impl Layout {
 pub struct V1Cgroup {
     fs: Arc<dyn CgroupFs>,
     /// One directory per distinct hierarchy, memory's first.
-    dirs: Vec<PathBuf>,
-    memory: PathBuf,
-    pids: PathBuf,
+    dirs: Vec<CgroupDir>,
+    /// Which of `dirs` is in the pids hierarchy (0 when it is co-mounted
+    /// with memory).
+    pids: usize,
+    /// Which of `dirs` is in the cpuacct hierarchy.
+    cpuacct: usize,
     cpuacct_usage: StatFile,
     memory_max_usage: StatFile,
     memory_oom_control: StatFile,
@@ -112,12 +116,22 @@ impl V1Cgroup {
             make_parents(fs.as_ref(), layout, parent)?;
         }
         let rel: PathBuf = parent.iter().collect::<PathBuf>().join(name);
-        let cg = V1Cgroup::existing(fs, layout, &rel);
-        let mut made: Vec<&Path> = Vec::with_capacity(cg.dirs.len());
+        let mut cg = V1Cgroup::existing(fs, layout, &rel);
+        let mut made = 0;
         let result = (|| {
-            for dir in &cg.dirs {
-                mkdir_new(dir)?;
-                made.push(dir);
+            for dir in cg.dirs.iter_mut() {
+                mkdir_new(dir.path())?;
+                made += 1;
+                *dir = CgroupDir::open(dir.path().to_path_buf(), false)?;
+            }
+            let (memory, pids, cpuacct) = (&cg.dirs[0], &cg.dirs[cg.pids], &cg.dirs[cg.cpuacct]);
+            for (f, dir) in [
+                (&cg.memory_oom_control, memory),
+                (&cg.memory_max_usage, memory),
+                (&cg.pids_events, pids),
+                (&cg.cpuacct_usage, cpuacct),
+            ] {
+                f.preopen_in(dir);
             }
             cg.swap_accounted
                 .store(swap_accounted, std::sync::atomic::Ordering::Relaxed);
@@ -125,18 +139,10 @@ impl V1Cgroup {
         })();
         if let Err(e) = result {
             // Nothing runs in them yet: removing them cannot be busy.
-            for dir in made.iter().rev() {
-                let _ = cg.fs.remove_cgroup_dir(dir);
+            for dir in cg.dirs[..made].iter().rev() {
+                let _ = cg.fs.remove_cgroup_dir(dir.path());
             }
             return Err(e);
-        }
-        for f in [
-            &cg.cpuacct_usage,
-            &cg.memory_max_usage,
-            &cg.memory_oom_control,
-            &cg.pids_events,
-        ] {
-            f.preopen();
         }
         Ok(cg)
     }
@@ -148,15 +154,13 @@ impl V1Cgroup {
         let memory = layout.memory.join(rel);
         let pids = layout.pids.join(rel);
         let cpuacct = layout.cpuacct.join(rel);
+        let mounts = layout.distinct_mounts();
+        let index_of = |mount: &PathBuf| mounts.iter().position(|m| m == mount).unwrap_or(0);
         V1Cgroup {
             fs,
-            dirs: layout
-                .distinct_mounts()
-                .iter()
-                .map(|m| m.join(rel))
-                .collect(),
-            memory: memory.clone(),
-            pids: pids.clone(),
+            pids: index_of(&layout.pids),
+            cpuacct: index_of(&layout.cpuacct),
+            dirs: mounts.iter().map(|m| CgroupDir::at(m.join(rel))).collect(),
             cpuacct_usage: StatFile::new(cpuacct.join("cpuacct.usage")),
             memory_max_usage: StatFile::new(memory.join("memory.max_usage_in_bytes")),
             memory_oom_control: StatFile::new(memory.join("memory.oom_control")),
@@ -175,7 +179,7 @@ impl V1Cgroup {
         creating: bool,
     ) -> Result<(), CgroupError> {
         let fs = self.fs.as_ref();
-        let memory = &self.memory;
+        let memory = &self.dirs[0];
         let change = self.in_force.replace(limits);
         if let Some(previous) = change.previous_memory {
             let bytes = limits.memory_bytes.to_string();
@@ -183,33 +187,38 @@ impl V1Cgroup {
             // goes first; when lowering (or first setting), memory does.
             let raising = limits.memory_bytes > previous;
             if swap_accounted && raising {
-                write(fs, memory.join("memory.memsw.limit_in_bytes"), &bytes)?;
+                write_in(fs, memory, "memory.memsw.limit_in_bytes", &bytes)?;
             }
-            write(fs, memory.join("memory.limit_in_bytes"), &bytes)?;
+            write_in(fs, memory, "memory.limit_in_bytes", &bytes)?;
             if swap_accounted && !raising {
-                write(fs, memory.join("memory.memsw.limit_in_bytes"), &bytes)?;
+                write_in(fs, memory, "memory.memsw.limit_in_bytes", &bytes)?;
             }
         }
         if creating {
             if !swap_accounted {
-                write(fs, memory.join("memory.swappiness"), "0")?;
+                write_in(fs, memory, "memory.swappiness", "0")?;
             }
             // A new cgroup inherits its parent's setting, which is almost
             // always "enabled": one read of the file kept open for the
             // usage instead of an open, a write and a close.
             if !self.memory_oom_control.has_line("oom_kill_disable 0") {
-                write(fs, memory.join("memory.oom_control"), "0")?;
+                write_in(fs, memory, "memory.oom_control", "0")?;
             }
         }
         if change.pids {
-            write(fs, self.pids.join("pids.max"), &limits.pids.to_string())?;
+            write_in(
+                fs,
+                &self.dirs[self.pids],
+                "pids.max",
+                &limits.pids.to_string(),
+            )?;
         }
         Ok(())
     }
 
     /// The cgroup's directories, memory's first.
-    pub fn paths(&self) -> &[PathBuf] {
-        &self.dirs
+    pub fn paths(&self) -> Vec<&Path> {
+        self.dirs.iter().map(CgroupDir::path).collect()
     }
 }
 
@@ -228,9 +237,10 @@ impl Cgroup for V1Cgroup {
     }
 
     fn reset_peak(&self) -> Result<(), CgroupError> {
-        write(
+        write_in(
             self.fs.as_ref(),
-            self.memory.join("memory.max_usage_in_bytes"),
+            &self.dirs[0],
+            "memory.max_usage_in_bytes",
             "0",
         )
     }
@@ -238,10 +248,12 @@ impl Cgroup for V1Cgroup {
     fn add_process(&self, pid: i32) -> Result<(), CgroupError> {
         let value = pid.to_string();
         for dir in &self.dirs {
-            let path = dir.join("cgroup.procs");
-            self.fs
-                .write_file(&path, &value)
-                .map_err(|source| CgroupError::AddProcess { pid, path, source })?;
+            dir.write(self.fs.as_ref(), "cgroup.procs", &value)
+                .map_err(|source| CgroupError::AddProcess {
+                    pid,
+                    path: dir.path().join("cgroup.procs"),
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -261,13 +273,16 @@ impl Cgroup for V1Cgroup {
 
     fn kill_all(&self) -> Result<(), CgroupError> {
         for dir in &self.dirs {
-            kill_listed_until_empty(self.fs.as_ref(), &dir.join("cgroup.procs"))?;
+            kill_listed_until_empty(self.fs.as_ref(), &dir.path().join("cgroup.procs"))?;
         }
         Ok(())
     }
 
     fn destroy(mut self: Box<Self>) -> Result<(), CgroupError> {
-        // Close our usage files before removing the directories.
+        // Close our usage files and directories before removing them.
+        for dir in self.dirs.iter_mut() {
+            *dir = CgroupDir::at(dir.path().to_path_buf());
+        }
         for f in [
             &mut self.cpuacct_usage,
             &mut self.memory_max_usage,
@@ -277,7 +292,7 @@ impl Cgroup for V1Cgroup {
             drop(f.file.take());
         }
         for dir in &self.dirs {
-            remove_with_retry(self.fs.as_ref(), dir, &|| self.kill_all())?;
+            remove_with_retry(self.fs.as_ref(), dir.path(), &|| self.kill_all())?;
         }
         Ok(())
     }

@@ -19,24 +19,23 @@
 //! clock limit and report a confusing result. The verdict is "memory limit
 //! exceeded" either way, and it arrives at once.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::fs::{self, CgroupFs};
+use super::fs::CgroupFs;
 use super::{
-    kill_listed_until_empty, mkdir_existing_ok, mkdir_new, remove_with_retry, write, Cgroup,
-    CgroupError, CgroupLimits, CgroupUsage, CgroupVersion, LimitsInForce, StatFile,
+    kill_listed_until_empty, mkdir_existing_ok, mkdir_new, remove_with_retry, write_in, Cgroup,
+    CgroupDir, CgroupError, CgroupLimits, CgroupUsage, CgroupVersion, LimitsInForce, StatFile,
 };
 
 /// One sandbox's cgroup v2 directory.
 #[derive(Debug)]
 pub struct V2Cgroup {
     fs: Arc<dyn CgroupFs>,
-    dir: PathBuf,
-    /// The directory's fd, for `CLONE_INTO_CGROUP`; None for a cgroup found
-    /// by `cleanup_stale`.
-    dir_fd: Option<OwnedFd>,
+    /// The directory, open (readable, for `CLONE_INTO_CGROUP`) unless it is
+    /// a cgroup found by `cleanup_stale`.
+    dir: CgroupDir,
     cpu_stat: StatFile,
     /// `memory.peak`, or `memory.current` on kernels before 5.19.
     memory_peak: StatFile,
@@ -74,30 +73,26 @@ impl V2Cgroup {
         dir.push(name);
         mkdir_new(&dir)?;
 
-        let cg = V2Cgroup::existing(fs, dir);
-        match cg.set_limits(limits, true).and_then(|()| {
-            fs::open_dir(&cg.dir).map_err(|source| CgroupError::Read {
-                path: cg.dir.clone(),
-                source,
-            })
-        }) {
-            Ok(fd) => {
+        let mut cg = V2Cgroup::existing(fs, dir);
+        let result = CgroupDir::open(cg.dir.path().to_path_buf(), true).and_then(|opened| {
+            cg.dir = opened;
+            cg.set_limits(limits, true)
+        });
+        match result {
+            Ok(()) => {
                 for f in [
                     &cg.cpu_stat,
                     &cg.memory_peak,
                     &cg.memory_events,
                     &cg.pids_events,
                 ] {
-                    f.preopen();
+                    f.preopen_in(&cg.dir);
                 }
-                Ok(V2Cgroup {
-                    dir_fd: Some(fd),
-                    ..cg
-                })
+                Ok(cg)
             }
             Err(e) => {
                 // Nothing runs in it yet: removing it cannot be busy.
-                let _ = cg.fs.remove_cgroup_dir(&cg.dir);
+                let _ = cg.fs.remove_cgroup_dir(cg.dir.path());
                 Err(e)
             }
         }
@@ -115,8 +110,7 @@ impl V2Cgroup {
             memory_events: StatFile::new(dir.join("memory.events")),
             pids_events: StatFile::new(dir.join("pids.events")),
             in_force: LimitsInForce::unknown(),
-            dir_fd: None,
-            dir,
+            dir: CgroupDir::at(dir),
         }
     }
 
@@ -126,14 +120,15 @@ impl V2Cgroup {
         let fs = self.fs.as_ref();
         let change = self.in_force.replace(limits);
         if change.previous_memory.is_some() {
-            write(
+            write_in(
                 fs,
-                self.dir.join("memory.max"),
+                &self.dir,
+                "memory.max",
                 &limits.memory_bytes.to_string(),
             )?;
         }
         if creating {
-            match write(fs, self.dir.join("memory.swap.max"), "0") {
+            match write_in(fs, &self.dir, "memory.swap.max", "0") {
                 Ok(()) => {}
                 // No swap accounting (CONFIG_MEMCG_SWAP off or swapaccount=0):
                 // the file does not exist and swap cannot be charged anyway.
@@ -141,17 +136,17 @@ impl V2Cgroup {
                     if source.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(e),
             }
-            write(fs, self.dir.join("memory.oom.group"), "1")?;
+            write_in(fs, &self.dir, "memory.oom.group", "1")?;
         }
         if change.pids {
-            write(fs, self.dir.join("pids.max"), &limits.pids.to_string())?;
+            write_in(fs, &self.dir, "pids.max", &limits.pids.to_string())?;
         }
         Ok(())
     }
 
     /// The cgroup's directory.
     pub fn path(&self) -> &Path {
-        &self.dir
+        self.dir.path()
     }
 }
 
@@ -191,10 +186,13 @@ impl Cgroup for V2Cgroup {
     }
 
     fn add_process(&self, pid: i32) -> Result<(), CgroupError> {
-        let path = self.dir.join("cgroup.procs");
-        self.fs
-            .write_file(&path, &pid.to_string())
-            .map_err(|source| CgroupError::AddProcess { pid, path, source })
+        self.dir
+            .write(self.fs.as_ref(), "cgroup.procs", &pid.to_string())
+            .map_err(|source| CgroupError::AddProcess {
+                pid,
+                path: self.dir.path().join("cgroup.procs"),
+                source,
+            })
     }
 
     fn usage(&self) -> Result<CgroupUsage, CgroupError> {
@@ -212,14 +210,14 @@ impl Cgroup for V2Cgroup {
     }
 
     fn kill_all(&self) -> Result<(), CgroupError> {
-        match self.fs.write_file(&self.dir.join("cgroup.kill"), "1") {
+        match self.dir.write(self.fs.as_ref(), "cgroup.kill", "1") {
             Ok(()) => Ok(()),
             // Before Linux 5.14 there is no cgroup.kill.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                kill_listed_until_empty(self.fs.as_ref(), &self.dir.join("cgroup.procs"))
+                kill_listed_until_empty(self.fs.as_ref(), &self.dir.path().join("cgroup.procs"))
             }
             Err(source) => Err(CgroupError::Write {
-                path: self.dir.join("cgroup.kill"),
+                path: self.dir.path().join("cgroup.kill"),
                 value: "1".to_string(),
                 source,
             }),
@@ -230,21 +228,21 @@ impl Cgroup for V2Cgroup {
         let V2Cgroup {
             fs,
             dir,
-            dir_fd,
             cpu_stat,
             memory_peak,
             memory_events,
             pids_events,
             in_force: _,
         } = *self;
-        // Close our fds in the directory before removing it.
-        drop((dir_fd, cpu_stat, memory_peak, memory_events, pids_events));
+        // Close our fds in the directory, and its own, before removing it.
+        drop((cpu_stat, memory_peak, memory_events, pids_events));
+        let dir = dir.path().to_path_buf();
         // kill_all needs only the path; this handle opens nothing.
         let handle = V2Cgroup::existing(fs.clone(), dir.clone());
         remove_with_retry(fs.as_ref(), &dir, &|| handle.kill_all())
     }
 
     fn procs_file_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.dir_fd.as_ref().map(|fd| fd.as_fd())
+        self.dir.fd()
     }
 }
