@@ -633,6 +633,9 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
         },
         "open /sandbox",
     )?;
+    if let Some(landlock) = plan.landlock {
+        landlock.add_rules_in_child()?;
+    }
     send(
         plan.sync_fd,
         &Message::new(Message::READY),
@@ -640,12 +643,6 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
     )?;
     // SAFETY: our own descriptor.
     unsafe { libc::close(sandbox_dir) };
-    // Landlock's rules need the finished root and nothing else: add them
-    // while the supervisor copies the inputs in, or while a sandbox built
-    // ahead waits for its request (restricting comes below).
-    if let Some(landlock) = plan.landlock {
-        landlock.add_rules_in_child()?;
-    }
     // The run request is the go-ahead: the inputs are in /sandbox. (A
     // sandbox built ahead waits here for the request it will serve.)
     let request = receive_request(plan)?;
