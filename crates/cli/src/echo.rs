@@ -7,7 +7,9 @@
 //! description, so the flag does not reach the shell or anyone else sharing
 //! formicary's own. A regular file is duplicated instead (opening it anew
 //! would lose its offset and `O_APPEND`; writing to it does not wait on a
-//! reader), and so is anything else.
+//! reader), and so is anything else. A socket (a service's journal) cannot
+//! be reopened: it is duplicated, and the engine sends to it with
+//! `MSG_DONTWAIT`, which waits no more than a non-blocking descriptor.
 
 use std::ffi::CString;
 use std::io;

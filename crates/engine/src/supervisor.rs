@@ -73,10 +73,10 @@ impl Captured {
     }
 
     /// Copies what has not been echoed to `fd`, as much as it takes now
-    /// (all of it when `fd` blocks).
+    /// (all of it when `fd` is a blocking descriptor other than a socket).
     fn echo_to(&mut self, fd: BorrowedFd<'_>) {
         while self.unechoed() {
-            match crate::sys::write_some(fd, &self.bytes[self.echoed..]) {
+            match crate::sys::write_without_waiting(fd, &self.bytes[self.echoed..]) {
                 Ok(n) if n > 0 => self.echoed += n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 _ => self.echo_open = false,
@@ -434,6 +434,39 @@ mod tests {
         drop(wr);
         assert!(!cap.unechoed());
         assert_eq!(reader.join().expect("reader"), bytes);
+    }
+
+    #[test]
+    fn a_blocking_socket_is_never_waited_on_while_the_stage_runs() {
+        // formicary's stdout may be a socket (a service's journal): it is
+        // duplicated, blocking, not reopened. The copy must still take only
+        // what the socket takes now, or a reader that stalls would hold the
+        // supervisor (and the limits) with it.
+        let (reader, writer) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+        let bytes: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8).collect();
+        let mut cap = Captured {
+            bytes: bytes.clone(),
+            echo_open: true,
+            ..Captured::default()
+        };
+        // (A copy that waited would wait here forever: nothing reads yet.)
+        cap.echo_to(writer.as_fd());
+        assert!(cap.echo_open);
+        assert!(
+            cap.echoed < bytes.len(),
+            "{} of {}",
+            cap.echoed,
+            bytes.len()
+        );
+        // After the stage, the rest goes as the reader drains.
+        let drain = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            std::io::Read::read_to_end(&mut { reader }, &mut got).expect("read");
+            got
+        });
+        flush_echo(&mut cap, writer.as_fd());
+        drop(writer);
+        assert_eq!(drain.join().expect("reader"), bytes);
     }
 
     #[test]

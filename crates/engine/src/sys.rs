@@ -259,6 +259,34 @@ pub fn write_some(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
     }
 }
 
+/// Writes what `fd` takes now, without waiting for its reader: a socket
+/// gets `send` with `MSG_DONTWAIT` (its descriptor may be a blocking one
+/// shared with others, whose flags are left alone; a socket cannot be
+/// reopened non-blocking as a pipe can), anything else a plain `write`
+/// (the caller made it non-blocking, or it is a file).
+pub fn write_without_waiting(fd: BorrowedFd<'_>, bytes: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: the pointer and length describe `bytes`.
+        let n = unsafe {
+            libc::send(
+                fd.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                bytes.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::ENOTSOCK) => return write_some(fd, bytes),
+            _ => return Err(err),
+        }
+    }
+}
+
 /// Reads from `fd` into the spare capacity of `buf` (at most `max` bytes,
 /// reserving room for them first) and appends what was read. No byte of
 /// the buffer is touched beyond those the kernel writes, so a large read
