@@ -285,6 +285,52 @@ fn ro_bind_then_symlink_swap_does_not_widen_the_bind() {
     assert_eq!(common::snapshot(dir.path()), before);
 }
 
+#[test]
+fn ro_bind_under_a_writable_directory_is_visible_and_read_only() {
+    // /sandbox and /tmp are binds of the root's own tmpfs made writable
+    // after the seal: a read-only host path bound under them must stay
+    // read-only (not made writable with them) and must show (not be
+    // hidden under them). The host directory and file are writable by
+    // anyone, so only the mount stands between the program and them.
+    require_root!();
+    use std::os::unix::fs::PermissionsExt;
+    let dir = common::scratch();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let file = dir.path().join("data");
+    std::fs::write(&file, "host data").expect("write");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666)).expect("chmod");
+    let before = common::snapshot(dir.path());
+    let in_sandbox = format!("{}:/sandbox/in", dir.path().display());
+    let in_tmp = format!("{}:/tmp/in", dir.path().display());
+    let r = sh("cat in/data /tmp/in/data; \
+                for f in in/data in/new /tmp/in/data /tmp/in/new; do \
+                  (echo x >> $f) 2>/dev/null && echo wrote $f; done; \
+                touch /sandbox/mine && echo own-ok")
+    .flags(&["--ro-bind", &in_sandbox, "--ro-bind", &in_tmp])
+    .run();
+    assert_eq!(r.status(), "ok", "{:?}", r.json);
+    assert_eq!(r.stdout(), "host datahost dataown-ok\n", "{:?}", r.json);
+    assert_eq!(common::snapshot(dir.path()), before);
+}
+
+#[test]
+fn ro_bind_over_a_writable_directory_is_refused() {
+    // It would hide the sandbox's own /sandbox (or /tmp, /dev/shm).
+    require_root!();
+    for target in ["/sandbox", "/tmp", "/dev", "/"] {
+        let bind = format!("/usr/share:{target}");
+        let r = exec(&["true"]).flags(&["--ro-bind", &bind]).run();
+        assert_eq!(r.status(), "setup_error", "{target}: {:?}", r.json);
+        assert!(
+            r.json["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("would cover the sandbox's writable")),
+            "{target}: {:?}",
+            r.json
+        );
+    }
+}
+
 // --- mounts and roots ---------------------------------------------------
 
 #[test]

@@ -1,8 +1,9 @@
 //! The sandbox's filesystem: a fresh tmpfs root, assembled from read-only
 //! binds of host paths, a new /proc with sensitive files masked, a minimal
-//! /dev, synthesized /etc files and one writable tmpfs (the disk limit)
-//! shared by /sandbox, /tmp and /dev/shm. The tmpfs root is pivoted into
-//! first; host paths are bound from the old root, which is then detached.
+//! /dev and synthesized /etc files. The same tmpfs holds /sandbox, /tmp
+//! and /dev/shm, the only writable places, so its size is the disk limit.
+//! The tmpfs root is pivoted into first; host paths are bound from the old
+//! root, which is then detached.
 //!
 //! [`MountPlan::prepare`] runs in the supervisor and may allocate: it looks
 //! at the host paths and turns the configuration into a list of
@@ -101,6 +102,9 @@ fn proc_masks() -> &'static (Vec<&'static str>, Vec<&'static str>) {
 /// /proc, /proc/sys, /proc/bus, /proc/fs and /proc/irq included, is made
 /// read-only by the seal, as container runtimes do).
 const MASKED_PROC_DIRS: &[&str] = &["/proc/acpi", "/proc/asound", "/proc/scsi"];
+
+/// The writable directories (parts of the root's tmpfs) and their modes.
+const WRITABLE: [(&str, u32); 3] = [("/sandbox", 0o755), ("/tmp", 0o1777), ("/dev/shm", 0o1777)];
 
 /// Device files bound from the host into the sandbox's /dev.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom"];
@@ -213,6 +217,11 @@ pub enum MountError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("read-only path {path:?} would cover the sandbox's writable {writable}: bind it somewhere else, or under it (for example {writable}/data)")]
+    Reserved {
+        path: PathBuf,
+        writable: &'static str,
+    },
     #[error("path {path:?} must be absolute and free of `..`")]
     BadPath { path: PathBuf },
     #[error("path {path:?} contains a NUL byte")]
@@ -253,12 +262,14 @@ pub enum MountOp {
     UnsealDevice {
         target: CString,
     },
-    /// A sealed bind of the writable tmpfs made writable again (it keeps
-    /// nosuid and nodev).
+    /// A sealed writable directory's bind made writable again, alone
+    /// (what is mounted under it stays read-only); it keeps nosuid and
+    /// nodev.
     UnsealWritable {
         target: CString,
     },
-    /// Bind within the build root, writable, nosuid, nodev.
+    /// A directory of the root bound onto itself, not recursively (made
+    /// writable again after the seal by `UnsealWritable`).
     BindWritable {
         source: CString,
         target: CString,
@@ -372,6 +383,17 @@ impl Builder {
         absolute_clean(&entry.host)?;
         let inside = entry.sandbox.clone().unwrap_or_else(|| entry.host.clone());
         absolute_clean(&inside)?;
+        // Covering a writable directory (or what holds one) would hide the
+        // sandbox's own: a read-only path goes under it instead.
+        if let Some((writable, _)) = WRITABLE
+            .iter()
+            .find(|(dir, _)| Path::new(dir).starts_with(&inside))
+        {
+            return Err(MountError::Reserved {
+                path: inside,
+                writable,
+            });
+        }
         let meta = match std::fs::symlink_metadata(&entry.host) {
             Ok(meta) => meta,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -491,6 +513,32 @@ impl MountPlan {
             dirs: BTreeSet::new(),
         };
         b.dirs.insert(PathBuf::from("/"));
+        // The writable parts are directories of the root's own tmpfs, each
+        // bound onto itself (not recursively) so that the seal below can
+        // leave them writable while the rest of the root is read-only: one
+        // filesystem, so one size limit covers /sandbox, /tmp and /dev/shm
+        // together, and no superblock of its own to make and tear down per
+        // sandbox. They come first, so that a read-only path bound under
+        // one of them (`/sandbox/data`) is mounted on top of it and stays
+        // read-only.
+        for (inside, mode) in WRITABLE {
+            b.mkdir_all(Path::new(inside))?;
+            let path = cstring(&Builder::at(Path::new(inside)))?;
+            b.ops.push(MountOp::Chmod {
+                path: path.clone(),
+                mode,
+            });
+            if inside == "/sandbox" {
+                b.ops.push(MountOp::Chown {
+                    path: path.clone(),
+                    id: SANDBOX_ID,
+                });
+            }
+            b.ops.push(MountOp::BindWritable {
+                source: path.clone(),
+                target: path,
+            });
+        }
         for entry in read_only {
             b.read_only(entry)?;
         }
@@ -523,9 +571,7 @@ impl MountPlan {
                 path: cstring(&Builder::at(&Path::new("/dev").join(name)))?,
             });
         }
-        for dir in ["/dev/shm", "/proc", "/sandbox", "/tmp"] {
-            b.mkdir_all(Path::new(dir))?;
-        }
+        b.mkdir_all(Path::new("/proc"))?;
 
         // Devices are bound now, while the host's /dev is reachable; after
         // the seal they get back the right to be devices (see below).
@@ -533,29 +579,6 @@ impl MountPlan {
             b.ops.push(MountOp::BindReadOnly {
                 source: cstring(&Builder::host(&Path::new("/dev").join(dev)))?,
                 target: cstring(&Builder::at(&Path::new("/dev").join(dev)))?,
-            });
-        }
-
-        // The writable parts are directories of the root's own tmpfs, each
-        // bound onto itself so that the seal below can leave them writable
-        // while the rest of the root is read-only: one filesystem, so one
-        // size limit covers /sandbox, /tmp and /dev/shm together, and no
-        // superblock of its own to make and tear down per sandbox.
-        for (inside, mode) in [("/sandbox", 0o755), ("/tmp", 0o1777), ("/dev/shm", 0o1777)] {
-            let path = cstring(&Builder::at(Path::new(inside)))?;
-            b.ops.push(MountOp::Chmod {
-                path: path.clone(),
-                mode,
-            });
-            if inside == "/sandbox" {
-                b.ops.push(MountOp::Chown {
-                    path: path.clone(),
-                    id: SANDBOX_ID,
-                });
-            }
-            b.ops.push(MountOp::BindWritable {
-                source: path.clone(),
-                target: path,
             });
         }
 
@@ -586,9 +609,9 @@ impl MountPlan {
             });
         }
 
-        // The host's root goes away, with the writable tmpfs's staging
-        // mount on it; only what was bound stays. (Not earlier: the kernel
-        // mounts a new /proc only where a full one is visible.)
+        // The host's root goes away; only what was bound stays. (Not
+        // earlier: the kernel mounts a new /proc only where a full one is
+        // visible.)
         b.ops.push(MountOp::Detach {
             target: cstr(OLD_ROOT),
         });
@@ -598,15 +621,16 @@ impl MountPlan {
 
         // One recursive step makes the root, every host bind, /proc and its
         // masks read-only, nosuid and nodev. Then the few mounts that must
-        // differ get their rights back: devices may be devices, and the
-        // writable tmpfs is writable.
+        // differ get their rights back, each alone (not what is mounted
+        // under it): devices may be devices, and the writable directories
+        // are writable.
         b.ops.push(MountOp::SealReadOnly { target: cstr("/") });
         for dev in DEVICES {
             b.ops.push(MountOp::UnsealDevice {
                 target: cstring(&Builder::at(&Path::new("/dev").join(dev)))?,
             });
         }
-        for dir in ["/sandbox", "/tmp", "/dev/shm"] {
+        for (dir, _) in WRITABLE {
             b.ops.push(MountOp::UnsealWritable { target: cstr(dir) });
         }
 
@@ -714,12 +738,13 @@ fn skeleton_usage(ops: &[MountOp]) -> (u64, u64) {
     (bytes, inodes)
 }
 
-/// mount_setattr(2): `attr_set` set and `attr_clr` cleared on `target` and
-/// everything below it.
+/// mount_setattr(2): `attr_set` set and `attr_clr` cleared on `target`, and
+/// on every mount below it when `recursive`.
 fn set_mount_attrs(
     target: &CString,
     attr_set: u64,
     attr_clr: u64,
+    recursive: bool,
     step: &'static str,
 ) -> Result<(), ChildFailure> {
     #[repr(C)]
@@ -743,7 +768,11 @@ fn set_mount_attrs(
                 libc::SYS_mount_setattr,
                 libc::AT_FDCWD,
                 target.as_ptr(),
-                libc::AT_RECURSIVE as libc::c_uint,
+                if recursive {
+                    libc::AT_RECURSIVE as libc::c_uint
+                } else {
+                    0
+                },
                 &attr as *const MountAttr,
                 std::mem::size_of::<MountAttr>(),
             )
@@ -758,7 +787,17 @@ const MOUNT_ATTR_NOSUID: u64 = 0x2;
 const MOUNT_ATTR_NODEV: u64 = 0x4;
 const MOUNT_ATTR_NOEXEC: u64 = 0x8;
 
+/// A recursive bind (what is mounted under `source` comes along).
 fn bind(source: &CStr, target: &CStr, step: &'static str) -> Result<(), ChildFailure> {
+    bind_with(source, target, libc::MS_BIND | libc::MS_REC, step)
+}
+
+fn bind_with(
+    source: &CStr,
+    target: &CStr,
+    flags: libc::c_ulong,
+    step: &'static str,
+) -> Result<(), ChildFailure> {
     check_int(
         // SAFETY: both strings are valid C strings owned by the plan.
         unsafe {
@@ -766,7 +805,7 @@ fn bind(source: &CStr, target: &CStr, step: &'static str) -> Result<(), ChildFai
                 source.as_ptr(),
                 target.as_ptr(),
                 std::ptr::null(),
-                libc::MS_BIND | libc::MS_REC,
+                flags,
                 std::ptr::null(),
             )
         },
@@ -856,6 +895,7 @@ fn apply_op(op: &MountOp) -> Result<(), ChildFailure> {
                 target,
                 MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
                 0,
+                true,
                 "make the root and host paths read-only",
             )?;
         }
@@ -864,6 +904,7 @@ fn apply_op(op: &MountOp) -> Result<(), ChildFailure> {
                 target,
                 MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
                 MOUNT_ATTR_RDONLY,
+                false,
                 "make a writable directory writable again",
             )?;
         }
@@ -872,11 +913,12 @@ fn apply_op(op: &MountOp) -> Result<(), ChildFailure> {
                 target,
                 MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC,
                 MOUNT_ATTR_NODEV | MOUNT_ATTR_RDONLY,
+                false,
                 "make a /dev entry a usable device again",
             )?;
         }
         MountOp::BindWritable { source, target } => {
-            bind(source, target, "bind a writable directory")?;
+            bind_with(source, target, libc::MS_BIND, "bind a writable directory")?;
         }
         MountOp::Proc { target } => {
             check_int(
@@ -1036,7 +1078,7 @@ mod tests {
                 assert!(empty_removed.is_some_and(|r| r > i));
             }
         }
-        // One detach only: the old root, and the staging mount with it.
+        // One detach only: the old root's.
         let detaches = plan
             .ops()
             .iter()

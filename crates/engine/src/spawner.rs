@@ -408,7 +408,9 @@ fn helper_main() -> ! {
     unsafe { libc::prctl(libc::PR_SET_NAME, c"formicary-spawn".as_ptr(), 0, 0, 0) };
     // Default dispositions (the Rust runtime ignores SIGPIPE) and an empty
     // mask, once: every init cloned from here inherits them, and need not
-    // reset 64 signals itself.
+    // reset 64 signals itself. This also resets glibc's own two signals
+    // (thread cancellation and the set*id broadcast), which is harmless only
+    // because the spawner stays single-threaded and calls no set*id wrapper.
     crate::child::reset_signals();
     let code = match take_socket() {
         Ok(socket) => match serve(socket) {

@@ -449,8 +449,18 @@ mod tests {
             echo_open: true,
             ..Captured::default()
         };
-        // (A copy that waited would wait here forever: nothing reads yet.)
-        cap.echo_to(writer.as_fd());
+        // Nothing reads yet: a copy that waited would never return, so it
+        // runs on a thread the test gives up on after a minute.
+        let (done, copied) = std::sync::mpsc::channel();
+        let copier = std::thread::spawn(move || {
+            cap.echo_to(writer.as_fd());
+            let _ = done.send(());
+            (cap, writer)
+        });
+        copied
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the copy waited for a reader that never reads");
+        let (mut cap, writer) = copier.join().expect("copier");
         assert!(cap.echo_open);
         assert!(
             cap.echoed < bytes.len(),

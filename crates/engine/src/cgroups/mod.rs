@@ -1035,15 +1035,15 @@ impl StatFile {
         })
     }
 
-    /// The value of `key` in a flat-keyed file (`key value` lines, as in
-    /// `memory.events`). A missing key reads as 0: older kernels lack some
-    /// (e.g. `oom_kill` before Linux 4.13).
     /// Whether the file has the line `line` (false when it cannot be read).
     fn has_line(&self, line: &str) -> bool {
         let mut buf = [0u8; 1024];
         matches!(self.read(&mut buf), Ok((text, _)) if text.lines().any(|l| l == line))
     }
 
+    /// The value of `key` in a flat-keyed file (`key value` lines, as in
+    /// `memory.events`). A missing key reads as 0: older kernels lack some
+    /// (e.g. `oom_kill` before Linux 4.13).
     fn read_key(&self, key: &str) -> Result<u64, CgroupError> {
         let mut buf = [0u8; 1024];
         let (text, path) = self.read(&mut buf)?;

@@ -236,7 +236,9 @@ impl Cgroup for V2Cgroup {
         } = *self;
         // Close our fds in the directory, and its own, before removing it.
         drop((cpu_stat, memory_peak, memory_events, pids_events));
-        let dir = dir.path().to_path_buf();
+        let path = dir.path().to_path_buf();
+        drop(dir);
+        let dir = path;
         // kill_all needs only the path; this handle opens nothing.
         let handle = V2Cgroup::existing(fs.clone(), dir.clone());
         remove_with_retry(fs.as_ref(), &dir, &|| handle.kill_all())
