@@ -365,14 +365,7 @@ mod tests {
         };
         let described = |plan: &MountPlan| format!("{:?}", plan.ops());
         // The root tmpfs's size: the disk limit plus the plan's own files.
-        let size = |plan: &MountPlan| -> u64 {
-            let options = plan.root_options().to_str().expect("ASCII");
-            options
-                .split(',')
-                .find_map(|o| o.strip_prefix("size="))
-                .and_then(|v| v.parse().ok())
-                .expect("a size")
-        };
+        let size = MountPlan::root_size;
         let mut plans = MountPlanCache::default();
         let first = plans.plan_for(&base, &shape(1 << 20, &[])).expect("plan");
         let (first_ops, first_size) = (first.ops().as_ptr(), size(first));

@@ -656,6 +656,17 @@ impl MountPlan {
         &self.root_options
     }
 
+    /// The root tmpfs's size in bytes, from its options (for tests).
+    #[cfg(test)]
+    pub(crate) fn root_size(&self) -> u64 {
+        self.root_options
+            .to_str()
+            .ok()
+            .and_then(|o| o.split(',').find_map(|o| o.strip_prefix("size=")))
+            .and_then(|v| v.parse().ok())
+            .expect("the root options give a size")
+    }
+
     /// Makes the mount namespace private, mounts the root tmpfs and runs
     /// every step. Runs in the sandbox's init: raw syscalls only.
     pub fn apply_in_child(&self) -> Result<(), ChildFailure> {
@@ -1035,12 +1046,7 @@ mod tests {
         }
         // The root's tmpfs is the disk: its size is the limit plus the
         // plan's own files (a page each, here), never less.
-        let options = plan.root_options().to_str().expect("ASCII options");
-        let size: u64 = options
-            .split(',')
-            .find_map(|o| o.strip_prefix("size="))
-            .and_then(|v| v.parse().ok())
-            .expect("a size");
+        let size = plan.root_size();
         // SAFETY: sysconf has no memory effects.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
         let file_pages: u64 = plan
@@ -1052,7 +1058,12 @@ mod tests {
             })
             .sum();
         assert!(file_pages >= 2, "passwd and group at least");
-        assert_eq!(size, (64 << 20) + file_pages * page, "{options}");
+        assert_eq!(
+            size,
+            (64 << 20) + file_pages * page,
+            "{:?}",
+            plan.root_options()
+        );
         // No writable bind of a host path: each writable bind is a part
         // of the root's own tmpfs bound onto itself.
         let writable: Vec<_> = plan

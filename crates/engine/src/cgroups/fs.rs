@@ -175,24 +175,15 @@ pub(crate) fn open_at(dir: BorrowedFd<'_>, name: &str, flags: libc::c_int) -> io
     Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
-/// Opens a cgroup directory only as a place to open its files from
-/// (`O_PATH`).
-pub(crate) fn open_path_dir(path: &Path) -> io::Result<OwnedFd> {
+/// Opens a cgroup directory: `O_PATH` when it is only a place to open its
+/// files from, readable when it is for `CLONE_INTO_CGROUP` (the kernel
+/// refuses path-only fds there).
+pub(crate) fn open_dir(path: &Path, path_only: bool) -> io::Result<OwnedFd> {
     use std::os::unix::fs::OpenOptionsExt;
+    let extra = if path_only { libc::O_PATH } else { 0 };
     let file: File = OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
-        .open(path)?;
-    Ok(OwnedFd::from(file))
-}
-
-/// Opens a cgroup directory, for `CLONE_INTO_CGROUP`. Not `O_PATH`: the
-/// kernel refuses path-only fds there.
-pub(crate) fn open_dir(path: &Path) -> io::Result<OwnedFd> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let file: File = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY)
+        .custom_flags(libc::O_DIRECTORY | extra)
         .open(path)?;
     Ok(OwnedFd::from(file))
 }

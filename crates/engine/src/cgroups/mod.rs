@@ -799,12 +799,7 @@ impl CgroupDir {
     /// Opens the directory just made: `O_PATH`, or readable when the fd is
     /// for `CLONE_INTO_CGROUP` (which refuses `O_PATH`).
     fn open(path: PathBuf, for_clone: bool) -> Result<CgroupDir, CgroupError> {
-        let opened = if for_clone {
-            fs::open_dir(&path)
-        } else {
-            fs::open_path_dir(&path)
-        };
-        match opened {
+        match fs::open_dir(&path, !for_clone) {
             Ok(fd) => Ok(CgroupDir { path, fd: Some(fd) }),
             Err(source) => Err(CgroupError::Read { path, source }),
         }
@@ -969,11 +964,15 @@ impl StatFile {
         Ok(self.file.get_or_init(|| opened))
     }
 
-    /// Opens the file now from `dir` (the directory it is in), if it can
-    /// be: as [`StatFile::preopen`], without walking the whole path.
+    /// Opens the file now, from `dir` (the directory it is in) when that is
+    /// open, so that the first read is one `pread`: a cgroup is created
+    /// while the sandbox's init builds its root, and the baseline read just
+    /// after it is on the critical path. A failure is left for the first
+    /// read to report.
     fn preopen_in(&self, dir: &CgroupDir) {
         let Some(fd) = dir.fd() else {
-            return self.preopen();
+            let _ = self.open();
+            return;
         };
         for path in std::iter::once(&self.path).chain(self.fallback.as_ref()) {
             let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
@@ -989,14 +988,6 @@ impl StatFile {
                 Err(_) => break,
             }
         }
-    }
-
-    /// Opens the file now, if it can be, so that the first read is one
-    /// `pread`: a cgroup is created while the sandbox's init builds its
-    /// root, and the baseline read just after it is on the critical path.
-    /// A failure is left for the first read to report.
-    fn preopen(&self) {
-        let _ = self.open();
     }
 
     /// Reads the whole file into `buf` and returns it as text, with the path

@@ -238,10 +238,9 @@ impl Cgroup for V2Cgroup {
         drop((cpu_stat, memory_peak, memory_events, pids_events));
         let path = dir.path().to_path_buf();
         drop(dir);
-        let dir = path;
         // kill_all needs only the path; this handle opens nothing.
-        let handle = V2Cgroup::existing(fs.clone(), dir.clone());
-        remove_with_retry(fs.as_ref(), &dir, &|| handle.kill_all())
+        let handle = V2Cgroup::existing(fs.clone(), path.clone());
+        remove_with_retry(fs.as_ref(), &path, &|| handle.kill_all())
     }
 
     fn procs_file_fd(&self) -> Option<BorrowedFd<'_>> {
