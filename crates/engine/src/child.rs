@@ -64,6 +64,10 @@ impl Message {
     pub const STARTED: u32 = 6;
     /// The network proxy's listening socket, inside the sandbox's netns.
     pub const PROXY_SOCKET: u32 = 7;
+    /// init runs: its first message, sent only when the root is built
+    /// by a helper (`ChildPlan::root_by_helper`), so that its supervisor
+    /// waits for it (see `setup_and_start`).
+    pub const RUNNING: u32 = 8;
 
     pub const SIZE: usize = std::mem::size_of::<Message>();
 
@@ -508,6 +512,17 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) },
         "set the parent-death signal",
     )?;
+    // For a run someone waits for, the supervisor sleeps from the clone
+    // until this message. The kernel starts a new process on its parent's
+    // core and will not move it to an idle one for a while, so a
+    // supervisor that went on making the cgroup kept init from starting
+    // for that long, however idle the other core. Asleep, it lets init
+    // start at once; woken, it makes the cgroup on whichever core is
+    // free, while the root builder (cloned next) and the network
+    // namespace take the rest.
+    if plan.root_by_helper {
+        send(plan.sync_fd, &Message::new(Message::RUNNING), None)?;
+    }
     // Signal dispositions and the signal mask are inherited from the
     // thread that cloned init, and ignored signals and the mask survive
     // execve: a Rust supervisor ignores SIGPIPE, and an embedding server

@@ -585,6 +585,11 @@ impl Engine {
         crate::sys::write_all(sync_parent.as_fd(), b"G")
             .map_err(|e| format!("sandbox init died early: {e}"))?;
         profile.mark("write id maps");
+        if init_shape.root_by_helper {
+            // Asleep until init runs: see `Message::RUNNING`.
+            expect_running(&sync_parent)?;
+            profile.mark("init: running");
+        }
         if let Some(host) = &self.facts.cgroups {
             let name = format!(
                 "{}-{}",
@@ -1419,6 +1424,13 @@ fn expect_ready(sync: &OwnedFd) -> Result<OwnedFd, String> {
     match recv_message(sync)? {
         (m, Some(fd)) if m.kind == Message::READY => Ok(fd),
         _ => Err("unexpected message from the sandbox's init (wanted READY)".to_string()),
+    }
+}
+
+fn expect_running(sync: &OwnedFd) -> Result<(), String> {
+    match recv_message(sync)? {
+        (m, None) if m.kind == Message::RUNNING => Ok(()),
+        _ => Err("unexpected message from the sandbox's init (wanted RUNNING)".to_string()),
     }
 }
 
