@@ -158,6 +158,10 @@ fn a_sandbox_that_fails_to_build_leaves_no_cgroup() {
     let bind = format!("{}:/x", inside.display());
     let run = exec(&["true"]).flags(&["--ro-bind", &bind]).run();
     assert_eq!(run.status(), "setup_error", "{:?}", run.json);
+    // The run request was already on its way (nothing to copy in): the
+    // error is still the step that failed, not a lost connection.
+    let error = run.json["error"].as_str().unwrap_or_default();
+    assert!(error.contains("bind a read-only host path"), "{error}");
     assert_eq!(cgroups_of(run.pid), Vec::<String>::new());
 }
 

@@ -348,3 +348,56 @@ fn passed_through_output_is_whole_and_cut_at_the_output_limit() {
     assert_eq!(out.status.code(), Some(137));
     assert_eq!(out.stdout.len(), 1000, "exactly what was kept");
 }
+
+/// The names of a `--profile` result's steps, in order.
+fn steps(r: &common::Run) -> Vec<String> {
+    r.json["profile"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no profile: {:?}", r.json))
+        .iter()
+        .map(|step| step[0].as_str().expect("step name").to_string())
+        .collect()
+}
+
+fn position(steps: &[String], name: &str) -> usize {
+    steps
+        .iter()
+        .position(|s| s == name)
+        .unwrap_or_else(|| panic!("no step {name:?} in {steps:?}"))
+}
+
+#[test]
+fn the_run_request_goes_ahead_of_the_root_only_when_nothing_is_copied_in() {
+    require_root!();
+    // Nothing to copy in: the request is sent while init builds its root,
+    // and the program still runs, with its stdin.
+    let plain = exec(&["cat"])
+        .flags(&["--profile", "--stdin", "-"])
+        .host_stdin(b"through the early request\n")
+        .run();
+    assert_eq!(plain.status(), "ok", "{:?}", plain.json);
+    assert_eq!(plain.stdout(), "through the early request\n");
+    let s = steps(&plain);
+    assert!(
+        position(&s, "send the run request") < position(&s, "init: mounts and pivot_root"),
+        "{s:?}"
+    );
+    assert!(!s.iter().any(|step| step == "copy inputs in"), "{s:?}");
+
+    // An input file: the request is the go-ahead that it is in /sandbox,
+    // so it waits for the root and the copy.
+    let dir = common::scratch();
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, "copied first\n").expect("write input");
+    let input_flag = format!("{}:in.txt", input.display());
+    let copied = exec(&["cat", "in.txt"])
+        .flags(&["--profile", "--file", &input_flag])
+        .run();
+    assert_eq!(copied.status(), "ok", "{:?}", copied.json);
+    assert_eq!(copied.stdout(), "copied first\n");
+    let s = steps(&copied);
+    let ready = position(&s, "init: mounts and pivot_root");
+    let copy = position(&s, "copy inputs in");
+    let request = position(&s, "send the run request");
+    assert!(ready < copy && copy < request, "{s:?}");
+}

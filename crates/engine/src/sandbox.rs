@@ -387,6 +387,7 @@ impl Engine {
             &cgroup_limits(stages[0].limits),
             Urgency::Waited,
             spec.profile,
+            EarlyRequest::of(spec, &stages),
         )?;
         let (staged, teardown) = self.serve(prepared, spec, &stages);
         Ok(teardown.finish(staged))
@@ -482,6 +483,7 @@ impl Engine {
             &cgroup_limits(&self.config.defaults),
             Urgency::Ahead,
             false,
+            None,
         )
     }
 
@@ -491,6 +493,7 @@ impl Engine {
         limits: &CgroupLimits,
         urgency: Urgency,
         profile_on: bool,
+        early: Option<EarlyRequest<'_>>,
     ) -> Result<PreparedSandbox, String> {
         if self.is_stopping() {
             return Err(STOPPING.to_string());
@@ -611,6 +614,34 @@ impl Engine {
             }
             None => None,
         };
+        let sent = match early {
+            Some(request) if proxy.is_none() => {
+                let owner = teardown
+                    .host_ids
+                    .as_ref()
+                    .map(|ids| (ids.uid, ids.gid))
+                    .ok_or("the sandbox has no host ids")?;
+                let sent = self.send_run_request(
+                    request.spec,
+                    request.stages,
+                    owner,
+                    teardown.cgroup.as_deref(),
+                    false,
+                    &sync_parent,
+                    &mut profile,
+                );
+                match sent {
+                    Ok(fds) => Some(fds),
+                    // init may have failed first: its own reason (read
+                    // by expect_ready) says more than a broken socket.
+                    Err(message) => {
+                        expect_ready(&sync_parent)?;
+                        return Err(message);
+                    }
+                }
+            }
+            _ => None,
+        };
         let sandbox_dir = expect_ready(&sync_parent)?;
         profile.mark("init: mounts and pivot_root");
         Ok(PreparedSandbox {
@@ -619,6 +650,7 @@ impl Engine {
             sync: sync_parent,
             sandbox_dir,
             proxy,
+            sent,
             isolation,
             profile,
         })
@@ -687,6 +719,7 @@ impl Engine {
             sync,
             sandbox_dir,
             proxy,
+            sent,
             isolation,
             mut profile,
         } = prepared;
@@ -697,6 +730,7 @@ impl Engine {
             sync,
             sandbox_dir,
             proxy,
+            sent,
             &mut profile,
         );
         let mut staged = match result {
@@ -724,6 +758,7 @@ impl Engine {
         sync: OwnedFd,
         sandbox_dir: OwnedFd,
         proxy: Option<RunningProxy>,
+        sent: Option<Vec<StageFds>>,
         profile: &mut Profile,
     ) -> Result<StagedResult, String> {
         let host_ids = teardown
@@ -737,49 +772,30 @@ impl Engine {
             .as_ref()
             .ok_or("the prepared sandbox has no init")?;
 
-        // 7. Inputs, and the stages' plans.
-        crate::workspace::copy_in(sandbox_dir.as_fd(), &spec.files, &spec.inline_files, &|f| {
-            crate::sys::with_fs_ids(uid, gid, f)
-        })
-        .map_err(|e| e.to_string())?;
-        profile.mark("copy inputs in");
-        let network_env = match &proxy {
-            Some(_) => network::proxy_environment(),
-            None => Vec::new(),
+        // 7. Inputs, then the run request (unless it went ahead of the
+        // root: see `EarlyRequest`).
+        let mut stage_fds = match sent {
+            Some(fds) => fds,
+            None => {
+                crate::workspace::copy_in(
+                    sandbox_dir.as_fd(),
+                    &spec.files,
+                    &spec.inline_files,
+                    &|f| crate::sys::with_fs_ids(uid, gid, f),
+                )
+                .map_err(|e| e.to_string())?;
+                profile.mark("copy inputs in");
+                self.send_run_request(
+                    spec,
+                    stages,
+                    (uid, gid),
+                    cgroup,
+                    proxy.is_some(),
+                    &sync,
+                    profile,
+                )?
+            }
         };
-        let mut prepared = Vec::with_capacity(stages.len());
-        let mut stage_fds = Vec::with_capacity(stages.len());
-        for stage in stages {
-            let (p, fds) = PreparedStage::new(stage, &network_env, (uid, gid))?;
-            prepared.push(p);
-            stage_fds.push(fds);
-        }
-        if let Some(cg) = cgroup {
-            // Writes only what differs from the limits it was built with.
-            cg.update_limits(&cgroup_limits(stages[0].limits))
-                .map_err(|e| format!("cannot apply the run's limits to its cgroup: {e}"))?;
-        }
-        let workdir = CString::new(spec.workdir.as_bytes())
-            .map_err(|_| "working directory contains NUL".to_string())?;
-        let init_rlimits =
-            RlimitPlan::from_limits(&highest_limits(stages)).map_err(|e| e.to_string())?;
-        let requests: Vec<run_request::StageRequest<'_>> = prepared
-            .iter()
-            .zip(&stage_fds)
-            .map(|(p, fds)| p.request(fds.stdin.is_some()))
-            .collect();
-        let request =
-            run_request::encode(&workdir, &init_rlimits, &requests).map_err(|e| e.to_string())?;
-        let mut fds = Vec::with_capacity(3 * stages.len());
-        for f in &stage_fds {
-            fds.extend(f.child_ends());
-        }
-        send_request(&sync, run_request::as_bytes(&request), &fds)?;
-        // init holds its own copies now.
-        for f in stage_fds.iter_mut() {
-            f.drop_child_ends();
-        }
-        profile.mark("send the run request");
 
         // 8. Each stage: release it, supervise it, read what it did.
         let pid = child.pid;
@@ -890,6 +906,61 @@ impl Engine {
             before: results,
             main,
         })
+    }
+
+    /// Step 7's run request: each stage's plan and descriptors, the
+    /// cgroup's first limits, the request sent. Returns the stages'
+    /// descriptors with only the supervisor's ends left.
+    #[allow(clippy::too_many_arguments)]
+    fn send_run_request(
+        &self,
+        spec: &SandboxSpec,
+        stages: &[StageRef<'_>],
+        owner: (u32, u32),
+        cgroup: Option<&dyn Cgroup>,
+        with_proxy: bool,
+        sync: &OwnedFd,
+        profile: &mut Profile,
+    ) -> Result<Vec<StageFds>, String> {
+        let network_env = if with_proxy {
+            network::proxy_environment()
+        } else {
+            Vec::new()
+        };
+        let mut prepared = Vec::with_capacity(stages.len());
+        let mut stage_fds = Vec::with_capacity(stages.len());
+        for stage in stages {
+            let (p, fds) = PreparedStage::new(stage, &network_env, owner)?;
+            prepared.push(p);
+            stage_fds.push(fds);
+        }
+        if let Some(cg) = cgroup {
+            // Writes only what differs from the limits it was built with.
+            cg.update_limits(&cgroup_limits(stages[0].limits))
+                .map_err(|e| format!("cannot apply the run's limits to its cgroup: {e}"))?;
+        }
+        let workdir = CString::new(spec.workdir.as_bytes())
+            .map_err(|_| "working directory contains NUL".to_string())?;
+        let init_rlimits =
+            RlimitPlan::from_limits(&highest_limits(stages)).map_err(|e| e.to_string())?;
+        let requests: Vec<run_request::StageRequest<'_>> = prepared
+            .iter()
+            .zip(&stage_fds)
+            .map(|(p, fds)| p.request(fds.stdin.is_some()))
+            .collect();
+        let request =
+            run_request::encode(&workdir, &init_rlimits, &requests).map_err(|e| e.to_string())?;
+        let mut fds = Vec::with_capacity(3 * stages.len());
+        for f in &stage_fds {
+            fds.extend(f.child_ends());
+        }
+        send_request(sync, run_request::as_bytes(&request), &fds)?;
+        // init holds its own copies now.
+        for f in stage_fds.iter_mut() {
+            f.drop_child_ends();
+        }
+        profile.mark("send the run request");
+        Ok(stage_fds)
     }
 
     /// The result of one stage, from what the supervisor saw and what the
@@ -1301,6 +1372,24 @@ enum Urgency {
     Ahead,
 }
 
+/// A run request sent as soon as init is in its cgroup, before its root is
+/// built: init finds it waiting when it reports the root ready, instead of
+/// waiting one more exchange for it. Only for a run with nothing to put in
+/// /sandbox first (no input files: the request is also the go-ahead that
+/// they are there) and no network (whose proxy is started once init has
+/// handed its socket over).
+struct EarlyRequest<'s> {
+    spec: &'s SandboxSpec,
+    stages: &'s [StageRef<'s>],
+}
+
+impl<'s> EarlyRequest<'s> {
+    fn of(spec: &'s SandboxSpec, stages: &'s [StageRef<'s>]) -> Option<EarlyRequest<'s>> {
+        let nothing_to_copy = spec.files.is_empty() && spec.inline_files.is_empty();
+        (nothing_to_copy && !spec.network.enabled()).then_some(EarlyRequest { spec, stages })
+    }
+}
+
 /// A sandbox built ahead of its request ([`Engine::prepare`]): fresh
 /// namespaces, root filesystem and cgroup, its init waiting for one run
 /// request. Dropping it takes it down unused.
@@ -1310,6 +1399,9 @@ pub struct PreparedSandbox {
     sync: OwnedFd,
     sandbox_dir: OwnedFd,
     proxy: Option<RunningProxy>,
+    /// The stages' descriptors, when the run request went ahead of the
+    /// root ([`EarlyRequest`]).
+    sent: Option<Vec<StageFds>>,
     isolation: IsolationReport,
     profile: Profile,
 }
@@ -1404,8 +1496,16 @@ impl Drop for ChildGuard {
 
 fn recv_message(sync: &OwnedFd) -> Result<(Message, Option<OwnedFd>), String> {
     let mut buf = [0u8; Message::SIZE + 8];
-    let (n, fd) = crate::sys::recv_with_fd(sync.as_fd(), &mut buf)
-        .map_err(|e| format!("lost contact with the sandbox's init: {e}"))?;
+    let (n, fd) = match crate::sys::recv_with_fd(sync.as_fd(), &mut buf) {
+        // init exited with a run request sent ahead (`EarlyRequest`)
+        // unread: the kernel reports that reset once, before what init
+        // sent first (why it failed).
+        Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => {
+            crate::sys::recv_with_fd(sync.as_fd(), &mut buf)
+        }
+        other => other,
+    }
+    .map_err(|e| format!("lost contact with the sandbox's init: {e}"))?;
     if n == 0 {
         return Err("the sandbox's init exited during setup".to_string());
     }
