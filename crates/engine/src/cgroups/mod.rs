@@ -251,7 +251,8 @@ pub struct HostCgroups {
     /// The first cgroup2 mount, with the controllers its root offers.
     v2: Option<(PathBuf, Vec<String>)>,
     v1: Vec<V1Hierarchy>,
-    own: Vec<detect::OwnCgroup>,
+    /// This process's cgroups ([`HostCgroups::own`]).
+    own: OnceLock<Vec<detect::OwnCgroup>>,
     version: Option<CgroupVersion>,
     swap_accounting: Option<bool>,
     fs: Arc<dyn CgroupFs>,
@@ -260,6 +261,16 @@ pub struct HostCgroups {
     /// a creation under one fail (the parent removed or remade by someone
     /// else), it is tried once more with the parent set up again.
     parents_ready: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+/// This process's own cgroups, from `/proc/self/cgroup`.
+fn read_own_cgroups() -> Result<Vec<detect::OwnCgroup>, CgroupError> {
+    let path = "/proc/self/cgroup";
+    let text = crate::sys::read_small_file(path).map_err(|source| CgroupError::ReadProc {
+        path: PathBuf::from(path),
+        source,
+    })?;
+    Ok(detect::parse_proc_self_cgroup(&text))
 }
 
 /// The v1 controllers sandboxes need, each in some hierarchy.
@@ -277,8 +288,7 @@ impl HostCgroups {
             })
         };
         let mountinfo = read("/proc/self/mountinfo")?;
-        let own = read("/proc/self/cgroup")?;
-        HostCgroups::detect_at(&mountinfo, &own, Path::new("/"))
+        HostCgroups::detect_with(&mountinfo, None, Path::new("/"))
     }
 
     /// Like [`detect`](Self::detect) but from given file contents, with
@@ -290,12 +300,29 @@ impl HostCgroups {
         proc_self_cgroup: &str,
         root: &Path,
     ) -> Result<HostCgroups, CgroupError> {
+        HostCgroups::detect_with(mountinfo, Some(proc_self_cgroup), root)
+    }
+
+    /// [`detect_at`](Self::detect_at), with `/proc/self/cgroup` read from
+    /// the system when not given. Only cgroup v2 needs it to decide
+    /// anything (whether swap is accounted): with v1 it is read when a
+    /// report asks for it. (Its read, the first in a new process, takes
+    /// ~20 µs, and over 100 µs when other sandboxes' cgroups are being
+    /// removed; `formicary exec` has better to do.)
+    fn detect_with(
+        mountinfo: &str,
+        proc_self_cgroup: Option<&str>,
+        root: &Path,
+    ) -> Result<HostCgroups, CgroupError> {
         let mounts =
             detect::parse_mountinfo(mountinfo).map_err(|bad| CgroupError::ParseMountinfo {
                 path: PathBuf::from("/proc/self/mountinfo"),
                 line: bad.0,
             })?;
-        let own = detect::parse_proc_self_cgroup(proc_self_cgroup);
+        let own = OnceLock::new();
+        if let Some(text) = proc_self_cgroup {
+            let _ = own.set(detect::parse_proc_self_cgroup(text));
+        }
         let under_root = |mp: &str| root.join(mp.trim_start_matches('/'));
 
         let mut v2: Option<(PathBuf, Vec<String>)> = None;
@@ -352,7 +379,12 @@ impl HostCgroups {
             Some(CgroupVersion::V2) => {
                 // The root cgroup has no memory.swap.* files; look in this
                 // process's own cgroup when it is not the root.
-                let own_v2 = own.iter().find(|o| o.controllers.is_empty());
+                if own.get().is_none() {
+                    let _ = own.set(read_own_cgroups()?);
+                }
+                let own_v2 = own
+                    .get()
+                    .and_then(|own| own.iter().find(|o| o.controllers.is_empty()));
                 match (&v2, own_v2) {
                     (Some((mount, _)), Some(o)) if o.path != "/" => Some(
                         mount
@@ -414,8 +446,15 @@ impl HostCgroups {
             .map(|h| h.mount.clone())
     }
 
-    fn own_cgroup(&self, controllers: &[String], v2: bool) -> Option<String> {
+    /// This process's cgroups, from `/proc/self/cgroup` (read now if
+    /// detection did not need it; unreadable, none).
+    fn own(&self) -> &[detect::OwnCgroup] {
         self.own
+            .get_or_init(|| read_own_cgroups().unwrap_or_default())
+    }
+
+    fn own_cgroup(&self, controllers: &[String], v2: bool) -> Option<String> {
+        self.own()
             .iter()
             .find(|o| {
                 if v2 {

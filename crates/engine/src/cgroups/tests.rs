@@ -712,3 +712,33 @@ fn v1_and_v2_write_through_the_directory_they_made_not_its_path() {
     assert_eq!(read(parent.join("moved/cgroup.procs")), "78");
     assert!(!parent.join("sb1").exists());
 }
+
+#[test]
+fn on_this_host_own_cgroups_are_read_only_when_v2_or_a_report_needs_them() {
+    let Ok(host) = HostCgroups::detect() else {
+        eprintln!("SKIP: no cgroup mounts readable here");
+        return;
+    };
+    // v1 decides nothing by this process's own cgroups: not read yet.
+    // v2 needs them for its swap check: read during detection.
+    match host.version() {
+        Some(CgroupVersion::V1) => assert!(host.own.get().is_none()),
+        Some(CgroupVersion::V2) => assert!(host.own.get().is_some()),
+        None => {}
+    }
+    let own = detect::parse_proc_self_cgroup(
+        &std::fs::read_to_string("/proc/self/cgroup").expect("read /proc/self/cgroup"),
+    );
+    let report = host.report();
+    assert!(host.own.get().is_some(), "the report reads them");
+    for h in &report.hierarchies {
+        let expected = own
+            .iter()
+            .find(|o| match h.version {
+                CgroupVersion::V2 => o.controllers.is_empty(),
+                CgroupVersion::V1 => !o.controllers.is_empty() && o.controllers == h.controllers,
+            })
+            .map(|o| o.path.clone());
+        assert_eq!(h.own_cgroup, expected, "{}", h.mount_point.display());
+    }
+}
