@@ -401,3 +401,58 @@ fn the_run_request_goes_ahead_of_the_root_only_when_nothing_is_copied_in() {
     let request = position(&s, "send the run request");
     assert!(ready < copy && copy < request, "{s:?}");
 }
+
+/// `formicary exec ARGS` with `fd` closed in formicary itself, its stdout
+/// (unless closed) and stderr piped.
+fn exec_with_closed_fd(fd: libc::c_int, args: &[&str]) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(common::BIN);
+    command
+        .arg("exec")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    // SAFETY: close(2) between fork and exec, on the child's own table.
+    unsafe {
+        command.pre_exec(move || {
+            libc::close(fd);
+            Ok(())
+        });
+    }
+    command.output().expect("run formicary")
+}
+
+#[test]
+fn a_closed_standard_stream_of_formicary_is_dev_null_not_a_file_it_opens() {
+    require_root!();
+    // formicary starts without stdout: its result goes to /dev/null, not
+    // into a descriptor it opened for itself and found numbered 1 (its
+    // signalfd, say, which refuses writes).
+    let out = exec_with_closed_fd(1, &["--json", "--", "true"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(stderr, "");
+}
+
+#[test]
+fn a_reader_gone_from_formicarys_stdout_does_not_kill_it() {
+    require_root!();
+    use std::os::unix::process::ExitStatusExt;
+    // The program's output passes through to a pipe whose reader is gone:
+    // formicary gets EPIPE, not SIGPIPE, and still ends with the program's
+    // own exit code.
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["exec", "--", "sh", "-c", "sleep 0.3; echo lost; exit 7"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start formicary");
+    drop(child.stdout.take());
+    let status = child.wait().expect("wait for formicary");
+    assert_eq!(
+        status.signal(),
+        None,
+        "formicary died of a signal: {status:?}"
+    );
+    assert_eq!(status.code(), Some(7), "{status:?}");
+}
