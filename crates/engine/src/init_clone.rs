@@ -8,7 +8,7 @@
 
 use crate::child::{self, ChildPlan, SeccompStep};
 use crate::landlock::{self, LandlockPlan, NetPolicy};
-use crate::mounts::MountPlan;
+use crate::mounts::{MountPlan, ProcMaskCheck};
 use crate::run_request;
 use crate::spec::ReadOnlyPath;
 use serde::{Deserialize, Serialize};
@@ -177,23 +177,37 @@ impl ChildMemory {
 #[derive(Default)]
 pub(crate) struct MountPlanCache {
     /// The disk size and extra read-only paths it was made for, and the plan.
-    last: Option<(u64, Vec<ReadOnlyPath>, MountPlan)>,
+    last: Option<(u64, Vec<ReadOnlyPath>, ProcMaskCheck, MountPlan)>,
 }
 
 impl MountPlanCache {
-    /// The plan for `shape`: the last one if the shape is the same.
+    /// The plan for `shape`: the last one if the shape is the same. For a
+    /// run someone waits for (`root_by_helper`), its builder finds which
+    /// /proc files need a mask; for one built ahead, the supervisor, once
+    /// per process.
     fn plan_for(&mut self, base: &InitBase, shape: &InitShape) -> Result<&MountPlan, SpawnError> {
+        let masks = if shape.root_by_helper {
+            ProcMaskCheck::Builder
+        } else {
+            ProcMaskCheck::Supervisor
+        };
         let kept = match self.last.take() {
-            Some(last) if last.0 == shape.disk_bytes && last.1 == shape.extra_read_only => last,
+            Some(last)
+                if last.0 == shape.disk_bytes
+                    && last.1 == shape.extra_read_only
+                    && last.2 == masks =>
+            {
+                last
+            }
             _ => {
                 let mut read_only = base.read_only.clone();
                 read_only.extend(shape.extra_read_only.iter().cloned());
-                let plan = MountPlan::prepare(&read_only, shape.disk_bytes)
+                let plan = MountPlan::prepare(&read_only, shape.disk_bytes, masks)
                     .map_err(|e| SpawnError::Plan(e.to_string()))?;
-                (shape.disk_bytes, shape.extra_read_only.clone(), plan)
+                (shape.disk_bytes, shape.extra_read_only.clone(), masks, plan)
             }
         };
-        Ok(&self.last.insert(kept).2)
+        Ok(&self.last.insert(kept).3)
     }
 }
 

@@ -98,6 +98,19 @@ fn proc_masks() -> &'static (Vec<&'static str>, Vec<&'static str>) {
     })
 }
 
+/// Who finds which /proc files a sandbox needs masked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcMaskCheck {
+    /// The supervisor, from the host's /proc, once per process
+    /// ([`proc_masks`]; ~20 `stat` calls): for a process that builds many
+    /// sandboxes, which then mount only the masks needed.
+    Supervisor,
+    /// The root builder, in the sandbox's own /proc, one `stat` before
+    /// each mask: for a run someone waits for, whose supervisor has better
+    /// to do before the clone and whose builder has time to spare.
+    Builder,
+}
+
 /// Directories in /proc hidden under an empty read-only directory (the rest of
 /// /proc, /proc/sys, /proc/bus, /proc/fs and /proc/irq included, is made
 /// read-only by the seal, as container runtimes do).
@@ -278,10 +291,14 @@ pub enum MountOp {
     Proc {
         target: CString,
     },
-    /// Hide a file with /dev/null. The plan lists only files the host's
-    /// /proc has; one the sandbox's /proc lacks (`ENOENT`) needs no mask.
+    /// Hide a file with /dev/null. One the sandbox's /proc lacks
+    /// (`ENOENT`) needs no mask. `if_open`: first look whether the sandbox
+    /// user could open it at all, and mask it only then (see
+    /// [`ProcMaskCheck::Builder`]); otherwise the plan lists only files
+    /// the supervisor found in need.
     MaskFile {
         target: CString,
+        if_open: bool,
     },
     /// Hide a directory with a bind of an empty directory, read-only
     /// after the seal (skipped on `ENOENT`, as for files).
@@ -506,8 +523,13 @@ fn synthesized_etc() -> Vec<(&'static str, String)> {
 
 impl MountPlan {
     /// Prepares the whole filesystem: `read_only` host paths, the writable
-    /// tmpfs of `disk_bytes`, /proc, /dev and /etc.
-    pub fn prepare(read_only: &[ReadOnlyPath], disk_bytes: u64) -> Result<MountPlan, MountError> {
+    /// tmpfs of `disk_bytes`, /proc (its masks found as `masks` says),
+    /// /dev and /etc.
+    pub fn prepare(
+        read_only: &[ReadOnlyPath],
+        disk_bytes: u64,
+        masks: ProcMaskCheck,
+    ) -> Result<MountPlan, MountError> {
         let mut b = Builder {
             ops: Vec::new(),
             dirs: BTreeSet::new(),
@@ -586,10 +608,18 @@ impl MountPlan {
         b.ops.push(MountOp::Proc {
             target: cstring(&Builder::at(Path::new("/proc")))?,
         });
-        let (mask_files, mask_dirs) = proc_masks();
+        let (mask_files, mask_dirs): (&[&str], &[&str]) = match masks {
+            ProcMaskCheck::Supervisor => {
+                let (files, dirs) = proc_masks();
+                (files, dirs)
+            }
+            // Every candidate: the builder looks at each.
+            ProcMaskCheck::Builder => (MASKED_PROC_FILES, MASKED_PROC_DIRS),
+        };
         for file in mask_files {
             b.ops.push(MountOp::MaskFile {
                 target: cstring(&Builder::at(Path::new(file)))?,
+                if_open: masks == ProcMaskCheck::Builder,
             });
         }
         if !mask_dirs.is_empty() {
@@ -827,6 +857,20 @@ fn bind_with(
 
 /// A mask over a /proc path that is not there hides nothing: `ENOENT` is
 /// success. (Its source, `/dev/null`, was bound into the root before.)
+/// Whether the sandbox user could open `path`, which it does not own: a
+/// read or write bit for others (as [`needs_mask`] decides on the host).
+/// Absent: no. Unknown (`stat` failed otherwise): yes, to mask it to be
+/// safe. Child side: a `stat` into this stack frame.
+fn open_to_others(path: &CStr) -> bool {
+    // SAFETY: an all-zero stat is a valid value for the kernel to fill.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid C string and a pointer to a local.
+    if unsafe { libc::stat(path.as_ptr(), &mut st) } < 0 {
+        return last_errno("look at a /proc file").errno != libc::ENOENT;
+    }
+    st.st_mode & 0o006 != 0
+}
+
 fn absent_is_fine<T>(result: Result<T, ChildFailure>) -> Result<(), ChildFailure> {
     match result {
         Err(failure) if failure.errno == libc::ENOENT => Ok(()),
@@ -946,7 +990,10 @@ fn apply_op(op: &MountOp) -> Result<(), ChildFailure> {
                 "mount /proc",
             )?;
         }
-        MountOp::MaskFile { target } => {
+        MountOp::MaskFile { target, if_open } => {
+            if *if_open && !open_to_others(target) {
+                return Ok(());
+            }
             // A literal: the child may not allocate (in a clone of a
             // multithreaded process, the allocator's lock may be held by a
             // thread that does not exist there).
@@ -1005,7 +1052,7 @@ mod tests {
             };
             assert!(
                 matches!(
-                    MountPlan::prepare(&[entry], 1 << 20),
+                    MountPlan::prepare(&[entry], 1 << 20, ProcMaskCheck::Supervisor),
                     Err(MountError::BadPath { .. })
                 ),
                 "{bad} accepted"
@@ -1021,20 +1068,80 @@ mod tests {
             optional: false,
         };
         assert!(matches!(
-            MountPlan::prepare(std::slice::from_ref(&missing), 1 << 20),
+            MountPlan::prepare(
+                std::slice::from_ref(&missing),
+                1 << 20,
+                ProcMaskCheck::Supervisor
+            ),
             Err(MountError::Missing { .. })
         ));
         let optional = ReadOnlyPath {
             optional: true,
             ..missing
         };
-        let plan = MountPlan::prepare(&[optional], 1 << 20).expect("optional path is skipped");
+        let plan = MountPlan::prepare(&[optional], 1 << 20, ProcMaskCheck::Supervisor)
+            .expect("optional path is skipped");
         assert!(!paths(&plan).iter().any(|p| p.contains("nonexistent")));
     }
 
     #[test]
+    fn the_builder_or_the_supervisor_finds_the_proc_files_to_mask() {
+        let masked = |plan: &MountPlan| -> Vec<(String, bool)> {
+            plan.ops()
+                .iter()
+                .filter_map(|op| match op {
+                    MountOp::MaskFile { target, if_open } => {
+                        Some((target.to_str().expect("UTF-8").to_string(), *if_open))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        // The builder is given every candidate, to look at in the sandbox.
+        let builder =
+            MountPlan::prepare(&default_read_only_paths(), 1 << 20, ProcMaskCheck::Builder)
+                .expect("plan");
+        let all: Vec<(String, bool)> = MASKED_PROC_FILES
+            .iter()
+            .map(|f| (f.to_string(), true))
+            .collect();
+        assert_eq!(masked(&builder), all);
+        let dirs = builder
+            .ops()
+            .iter()
+            .filter(|op| matches!(op, MountOp::MaskDir { .. }))
+            .count();
+        assert_eq!(dirs, MASKED_PROC_DIRS.len());
+        // The supervisor lists only what this host's /proc needs, decided.
+        let supervisor = MountPlan::prepare(
+            &default_read_only_paths(),
+            1 << 20,
+            ProcMaskCheck::Supervisor,
+        )
+        .expect("plan");
+        let decided: Vec<(String, bool)> = proc_masks()
+            .0
+            .iter()
+            .map(|f| (f.to_string(), false))
+            .collect();
+        assert_eq!(masked(&supervisor), decided);
+        // The builder's look agrees with the supervisor's on this host.
+        for file in MASKED_PROC_FILES {
+            let path = CString::new(*file).expect("C string");
+            assert_eq!(open_to_others(&path), needs_mask(file), "{file}");
+        }
+        assert!(!open_to_others(c"/proc/no-such-file"));
+        assert!(open_to_others(c"/proc/version"));
+    }
+
+    #[test]
     fn the_plan_binds_usr_read_only_and_sizes_the_writable_tmpfs() {
-        let plan = MountPlan::prepare(&default_read_only_paths(), 64 << 20).expect("default plan");
+        let plan = MountPlan::prepare(
+            &default_read_only_paths(),
+            64 << 20,
+            ProcMaskCheck::Supervisor,
+        )
+        .expect("default plan");
         let ops = paths(&plan);
         assert!(ops
             .iter()
