@@ -75,7 +75,10 @@ fn network_of(
 /// error to report, not a death), a panic unwinds (so a run's teardown
 /// still kills its sandbox and removes its cgroup) and exits 101, and
 /// standard output is flushed before the exit (`std::process::exit`
-/// does). A stack overflow is a plain SIGSEGV.
+/// does). A stack overflow is a plain SIGSEGV, and a panic's message names
+/// the main thread `<unnamed>`. (`std::env::args` works without Rust's
+/// start-up: on glibc the standard library takes the arguments in an
+/// `.init_array` hook.)
 #[cfg(not(test))]
 #[no_mangle]
 pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {

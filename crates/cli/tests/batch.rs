@@ -230,3 +230,45 @@ fn programs_in_sandboxes_built_ahead_start_with_default_signals() {
         assert_eq!(line["stderr"], "", "yes wrote to a closed pipe and lived");
     }
 }
+
+/// The mount points under /proc in a sandbox's /proc/self/mountinfo: its
+/// masks.
+fn proc_masks(mountinfo: &str) -> Vec<String> {
+    let mut masks: Vec<String> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .filter(|point| point.starts_with("/proc/"))
+        .map(str::to_string)
+        .collect();
+    masks.sort();
+    masks
+}
+
+#[test]
+fn exec_and_batch_mask_the_same_proc_files() {
+    require_root!();
+    // `exec`'s root builder decides which /proc files to mask in the
+    // sandbox's own /proc; a batch's sandboxes, built ahead, get the
+    // supervisor's decision from the host's. The same kernel: the same
+    // masks.
+    let out = Command::new(BIN)
+        .args(["exec", "--", "cat", "/proc/self/mountinfo"])
+        .output()
+        .expect("run formicary exec");
+    assert_eq!(out.status.code(), Some(0));
+    let by_builder = proc_masks(&String::from_utf8_lossy(&out.stdout));
+    let (code, lines, stderr) = batch(
+        &["--jobs", "1", "--warm", "1"],
+        "{\"id\": 1, \"command\": [\"cat\", \"/proc/self/mountinfo\"]}\n",
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let line = by_id(&lines, &Value::from(1));
+    assert_eq!(line["status"], "ok", "{line}");
+    let by_supervisor = proc_masks(line["stdout"].as_str().expect("stdout"));
+    // kallsyms is readable by all on every kernel: always masked.
+    assert!(
+        by_builder.iter().any(|m| m == "/proc/kallsyms"),
+        "{by_builder:?}"
+    );
+    assert_eq!(by_builder, by_supervisor);
+}

@@ -64,9 +64,9 @@ impl Message {
     pub const STARTED: u32 = 6;
     /// The network proxy's listening socket, inside the sandbox's netns.
     pub const PROXY_SOCKET: u32 = 7;
-    /// init runs: its first message, sent only when the root is built
-    /// by a helper (`ChildPlan::root_by_helper`), so that its supervisor
-    /// waits for it (see `setup_and_start`).
+    /// init runs: its first message, sent only when its supervisor cloned
+    /// it and waits for it (`ChildPlan::announce_running`; see
+    /// `setup_and_start`).
     pub const RUNNING: u32 = 8;
 
     pub const SIZE: usize = std::mem::size_of::<Message>();
@@ -184,6 +184,9 @@ pub struct ChildPlan<'a> {
     /// (no process to clone, switch to and reap): for sandboxes built
     /// ahead.
     pub root_by_helper: bool,
+    /// Send `RUNNING` first: the supervisor cloned init itself and sleeps
+    /// until then (see `setup_and_start`).
+    pub announce_running: bool,
     /// Cloned from a process whose dispositions are all default and whose
     /// mask is empty (the spawner resets its own once, at its start), so
     /// init has nothing to reset.
@@ -520,7 +523,7 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
     // start at once; woken, it makes the cgroup on whichever core is
     // free, while the root builder (cloned next) and the network
     // namespace take the rest.
-    if plan.root_by_helper {
+    if plan.announce_running {
         send(plan.sync_fd, &Message::new(Message::RUNNING), None)?;
     }
     // Signal dispositions and the signal mask are inherited from the

@@ -106,6 +106,12 @@ pub(crate) struct InitShape {
     pub proxy_port: Option<u16>,
     /// Build the root in a helper beside init (`ChildPlan::root_by_helper`).
     pub root_by_helper: bool,
+    /// Cloned by the supervisor's own thread (no spawner): with
+    /// `root_by_helper`, it sleeps until init runs (`ChildPlan::
+    /// announce_running`), and its one plan leaves the /proc masks to the
+    /// root builder ([`ProcMaskCheck::Builder`]). A spawner keeps its plans
+    /// for the next sandbox, and clones with `CLONE_PARENT`.
+    pub supervisor_clones: bool,
 }
 
 /// A cloned init: its pid, pidfd, and the supervisor's end of its socket.
@@ -182,11 +188,11 @@ pub(crate) struct MountPlanCache {
 
 impl MountPlanCache {
     /// The plan for `shape`: the last one if the shape is the same. For a
-    /// run someone waits for (`root_by_helper`), its builder finds which
-    /// /proc files need a mask; for one built ahead, the supervisor, once
+    /// run someone waits for, cloned by its supervisor, the root builder
+    /// finds which /proc files need a mask; otherwise the supervisor, once
     /// per process.
     fn plan_for(&mut self, base: &InitBase, shape: &InitShape) -> Result<&MountPlan, SpawnError> {
-        let masks = if shape.root_by_helper {
+        let masks = if shape.root_by_helper && shape.supervisor_clones {
             ProcMaskCheck::Builder
         } else {
             ProcMaskCheck::Supervisor
@@ -254,6 +260,7 @@ pub(crate) fn spawn_init(
         arg_area: base.arg_area,
         proxy_port: shape.proxy_port,
         root_by_helper: shape.root_by_helper,
+        announce_running: shape.root_by_helper && shape.supervisor_clones,
         // Only the spawner clones with CLONE_PARENT, and it reset its own
         // signals when it started.
         signals_are_default: clone_parent,
@@ -340,46 +347,67 @@ pub(crate) fn own_arg_area() -> Option<(usize, usize)> {
 }
 
 extern "C" {
-    /// glibc's copy of `argv[0]`, the pointer itself (argp(3)).
-    static program_invocation_name: *const libc::c_char;
+    /// glibc's copy of `argv[0]`, the pointer itself (argp(3)); the
+    /// program may change it, hence `mut`.
+    static mut program_invocation_name: *const libc::c_char;
+    /// The environment; at start, `environ[0]` is the first string the
+    /// kernel put right after the arguments.
+    static mut environ: *const *const libc::c_char;
 }
 
 /// The argument area from `argv[0]`'s address and the arguments as the
-/// standard library kept them: it starts at `argv[0]` and holds every
-/// argument, NUL-terminated, in order. Every byte is compared before it
-/// is trusted, stopping at the first NUL, so a pointer changed since (by
-/// `setprogname` or the like) gives `None`, never a read past its string.
-/// One less file for a new process to open (its first /proc/self read
-/// costs ~15 µs).
+/// standard library kept them (in glibc's `.init_array` hook, which runs
+/// without Rust's own start-up too). The kernel lays out, from the start
+/// of the area upwards: the arguments, the environment strings, the
+/// executable's name (`AT_EXECFN`). So the area is taken only when the
+/// arguments' total length ends it exactly where the environment begins,
+/// below the executable's name, and then every byte is compared: a pointer
+/// changed since (`setprogname`, a copy) or an environment changed since
+/// gives `None`, and memory outside the kernel's area is never read. One
+/// less file for a new process to open (its first /proc/self read costs
+/// ~15 µs).
 fn arg_area_from_argv() -> Option<(usize, usize)> {
-    // SAFETY: glibc sets the pointer before main; reading it is a plain load.
-    let start = unsafe { program_invocation_name };
-    if start.is_null() {
+    use std::os::unix::ffi::OsStrExt;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.is_empty() {
+        return None;
+    }
+    // SAFETY: plain loads of two glibc globals set before main (read
+    // through raw pointers: C code may write them).
+    let (start, env) = unsafe {
+        (
+            std::ptr::addr_of!(program_invocation_name).read(),
+            std::ptr::addr_of!(environ).read(),
+        )
+    };
+    if start.is_null() || env.is_null() {
+        return None;
+    }
+    // SAFETY: `environ` is a NULL-terminated array: its first element is
+    // readable.
+    let env_start = unsafe { *env } as usize;
+    // SAFETY: getauxval reads the auxiliary vector.
+    let execfn = unsafe { libc::getauxval(libc::AT_EXECFN) } as usize;
+    let length: usize = args.iter().map(|a| a.as_bytes().len() + 1).sum();
+    let end = (start as usize).checked_add(length)?;
+    let boundary_checks = env_start == end && execfn != 0 && end <= execfn;
+    if !boundary_checks {
         return None;
     }
     let mut at = start;
-    for arg in std::env::args_os() {
-        for &byte in std::os::unix::ffi::OsStrExt::as_bytes(arg.as_os_str()) {
-            // SAFETY: `at` is within a NUL-terminated string: every byte
-            // so far matched a non-NUL argument byte, so the terminator
-            // has not been passed.
-            if unsafe { *at } as u8 != byte || byte == 0 {
+    for arg in &args {
+        for &byte in arg.as_bytes().iter().chain(std::iter::once(&0u8)) {
+            // SAFETY: `at` is within [start, end), the kernel's argument
+            // area (checked above: it ends where the environment strings
+            // begin, below the executable's name).
+            if unsafe { *at } as u8 != byte {
                 return None;
             }
-            // SAFETY: as above; the next byte is still within the string
-            // or is its NUL.
+            // SAFETY: as above; at most `end`, which is not read.
             at = unsafe { at.add(1) };
         }
-        // SAFETY: as above.
-        if unsafe { *at } != 0 {
-            return None;
-        }
-        // SAFETY: past the NUL the kernel put the next argument (checked
-        // the same way) or the area ends here; `at` is not read again
-        // after the last argument.
-        at = unsafe { at.add(1) };
     }
-    Some((start as usize, at as usize))
+    Some((start as usize, end))
 }
 
 /// The argument area from fields 48 and 49 of /proc/self/stat (after the
@@ -400,8 +428,10 @@ mod tests {
 
     #[test]
     fn the_argument_area_from_argv_is_the_kernels() {
-        assert_eq!(arg_area_from_argv(), arg_area_from_proc());
-        assert!(arg_area_from_argv().is_some());
+        let from_proc = arg_area_from_proc();
+        assert!(from_proc.is_some());
+        assert_eq!(arg_area_from_argv(), from_proc);
+        assert_eq!(own_arg_area(), from_proc);
     }
 
     #[test]
@@ -432,6 +462,7 @@ mod tests {
                 .collect(),
             proxy_port: None,
             root_by_helper: true,
+            supervisor_clones: true,
         };
         let described = |plan: &MountPlan| format!("{:?}", plan.ops());
         // The root tmpfs's size: the disk limit plus the plan's own files.

@@ -510,6 +510,7 @@ impl Engine {
             extra_read_only: shape.extra_read_only.clone(),
             proxy_port: network.as_ref().map(|_| network::PROXY_PORT),
             root_by_helper: urgency == Urgency::Waited,
+            supervisor_clones: self.spawner.get().is_none(),
         };
         profile.mark("prepare the child's plan");
 
@@ -588,7 +589,7 @@ impl Engine {
         crate::sys::write_all(sync_parent.as_fd(), b"G")
             .map_err(|e| format!("sandbox init died early: {e}"))?;
         profile.mark("write id maps");
-        if init_shape.root_by_helper {
+        if init_shape.root_by_helper && init_shape.supervisor_clones {
             // Asleep until init runs: see `Message::RUNNING`.
             expect_running(&sync_parent)?;
             profile.mark("init: running");
@@ -1497,9 +1498,10 @@ impl Drop for ChildGuard {
 fn recv_message(sync: &OwnedFd) -> Result<(Message, Option<OwnedFd>), String> {
     let mut buf = [0u8; Message::SIZE + 8];
     let (n, fd) = match crate::sys::recv_with_fd(sync.as_fd(), &mut buf) {
-        // init exited with a run request sent ahead (`EarlyRequest`)
-        // unread: the kernel reports that reset once, before what init
-        // sent first (why it failed).
+        // init exited with something of ours unread (a run request sent
+        // ahead, `EarlyRequest`, or a stage's go-ahead): the kernel
+        // reports that reset once, before what init sent first (why it
+        // failed).
         Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => {
             crate::sys::recv_with_fd(sync.as_fd(), &mut buf)
         }
