@@ -515,8 +515,8 @@ fn setup_and_start(plan: &ChildPlan<'_>) -> Result<(), ChildFailure> {
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) },
         "set the parent-death signal",
     )?;
-    // For a run someone waits for, the supervisor sleeps from the clone
-    // until this message. The kernel starts a new process on its parent's
+    // When the supervisor cloned init itself, for a run someone waits
+    // for, it sleeps from the clone until this message. The kernel starts a new process on its parent's
     // core and will not move it to an idle one for a while, so a
     // supervisor that went on making the cgroup kept init from starting
     // for that long, however idle the other core. Asleep, it lets init

@@ -581,8 +581,10 @@ impl Engine {
         }
 
         // 6. Maps, then init builds its root while the cgroup is created
-        // and init moved into it (two cores' work at once; init enters
-        // its cgroup namespace only after its run request).
+        // and init moved into it (two cores' work at once, once init runs:
+        // `Message::RUNNING`; init enters its cgroup namespace only after
+        // its run request).
+        let owner = (host_ids.uid, host_ids.gid);
         let maps = idmap::write_maps(pid, &host_ids, self.facts.rootless);
         teardown.host_ids = Some(host_ids);
         maps.map_err(|e| e.to_string())?;
@@ -617,11 +619,6 @@ impl Engine {
         };
         let sent = match early {
             Some(request) if proxy.is_none() => {
-                let owner = teardown
-                    .host_ids
-                    .as_ref()
-                    .map(|ids| (ids.uid, ids.gid))
-                    .ok_or("the sandbox has no host ids")?;
                 let sent = self.send_run_request(
                     request.spec,
                     request.stages,

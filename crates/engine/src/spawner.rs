@@ -406,7 +406,8 @@ fn helper_main() -> ! {
     // (`/proc/self/exe`: "exe"); say what it is in ps and top.
     // SAFETY: prctl reads a NUL-terminated name of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"formicary-spawn".as_ptr(), 0, 0, 0) };
-    // Default dispositions (the Rust runtime ignores SIGPIPE) and an empty
+    // Default dispositions (formicary's `main`, like Rust's own start-up,
+    // ignores SIGPIPE) and an empty
     // mask, once: every init cloned from here inherits them, and need not
     // reset 64 signals itself. This also resets glibc's own two signals
     // (thread cancellation and the set*id broadcast), which is harmless only
